@@ -1,0 +1,93 @@
+//! The engine's one error type: every refusal a client or operator can meet, and the log's
+//! failures.
+
+use crate::catalog::CaravanIdx;
+use crate::model::{ReservationId, Status};
+use crate::wal::WalError;
+
+/// Why the engine refused or could not complete a request. A refusal changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Unknown national ID or wrong tracking code (one answer for both).
+    #[error("unknown national ID or wrong tracking code")]
+    InvalidCredentials,
+    /// The holder's receipt is an old one that must be converted first.
+    #[error("the deposit receipt must be converted to a current receipt before registering")]
+    ReceiptNeedsConversion,
+    /// No wave calling this holder has opened yet.
+    #[error("registration is not open for this holder yet")]
+    RegistrationNotOpen {
+        /// The earliest opening that will call the holder, if any is scheduled.
+        opens_at_ms: Option<i64>,
+    },
+    /// Open waves do not reach this holder's receipt date, and no later wave will.
+    #[error("the receipt's date is later than every open wave's cutoff")]
+    NotCalled,
+    /// The caravan is not of the holder's province and city.
+    #[error("the caravan is not in the holder's province and city")]
+    ProvinceMismatch,
+    /// No such caravan.
+    #[error("no such caravan")]
+    CaravanNotFound,
+    /// No such reservation (or someone else's).
+    #[error("no such reservation")]
+    ReservationNotFound,
+    /// The caravan has no free seat.
+    #[error("the caravan is full")]
+    CaravanFull {
+        /// Up to five caravans of the holder's city with free seats.
+        alternatives: Vec<CaravanIdx>,
+    },
+    /// The holder already holds a live reservation.
+    #[error("the holder already has a live reservation")]
+    AlreadyReserved {
+        /// The live reservation.
+        reservation: ReservationId,
+    },
+    /// The reservation cannot make this move.
+    #[error("invalid transition from {}: {detail}", status.as_str())]
+    InvalidTransition {
+        /// Where the reservation stands.
+        status: Status,
+        /// What was asked and why it does not fit.
+        detail: String,
+    },
+    /// The `Idempotency-Key` was used before with a different request.
+    #[error("the Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    /// Joining the waiting list while the holder's city still has free seats.
+    #[error("seats are still free in the holder's city; reserve one instead")]
+    SeatsAvailable {
+        /// Caravans of the holder's city with free seats.
+        alternatives: Vec<CaravanIdx>,
+    },
+    /// A field of the request is not acceptable.
+    #[error("invalid {field}: {message}")]
+    InvalidField {
+        /// The field's name.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The log cannot take more records right now; retry later.
+    #[error("the write-ahead log is saturated; retry shortly")]
+    Overloaded,
+    /// The log failed; nothing will be acknowledged any more (fail-stop).
+    #[error("the write-ahead log failed; no decision can be acknowledged: {0}")]
+    LogFailed(String),
+    /// The season or catalog does not fit the engine.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Recovery refused to start.
+    #[error("recovery: {0}")]
+    Recovery(String),
+}
+
+impl From<WalError> for EngineError {
+    fn from(e: WalError) -> EngineError {
+        match e {
+            WalError::Backpressure => EngineError::Overloaded,
+            other => EngineError::LogFailed(other.to_string()),
+        }
+    }
+}

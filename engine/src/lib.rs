@@ -1,0 +1,26 @@
+//! Miqat's engine: seat allocation, stages and deadlines, waiting lists, write-ahead log and
+//! recovery.
+//!
+//! The [`catalog::Catalog`] (provinces, caravans, holders) is immutable and shared. The
+//! [`engine::Engine`] keeps one shard per province, each behind its own lock: a decision locks
+//! exactly the shard of the holder's province, writes its [`record`] to the [`wal`] while
+//! still holding it, then applies it. Free-seat counters are atomics beside the lock, so
+//! readers never wait. Deadlines live in per-shard heaps driven by an injectable
+//! [`clock::Clock`]. Snapshots and recovery restore the whole state.
+
+pub mod catalog;
+pub mod clock;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod persist;
+pub mod season;
+pub mod wal;
+
+mod record;
+mod shard;
+mod sync;
+mod waitlist;
+
+pub use engine::{Committed, Engine, EngineConfig, EngineStats, ReservationFilter, ReserveOutcome};
+pub use error::EngineError;

@@ -1,0 +1,424 @@
+//! Durability of the whole state: opening an engine from its data directory (snapshot plus log
+//! replay), taking snapshots, and shutting down cleanly.
+//!
+//! Replay applies each logged record with the same `apply` the live engine used, so the
+//! recovered state is the state that was acknowledged. A snapshot records, per shard, the last
+//! record sequence it contains (its cut); replay skips records at or below the cut and insists
+//! on an unbroken sequence after it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::catalog::{Catalog, ProvinceIdx};
+use crate::clock::Clock;
+use crate::engine::{Engine, EngineConfig};
+use crate::error::EngineError;
+use crate::model::{EndReason, Reservation, ReservationId, Status};
+use crate::record::{
+    Reader, Record, decode_waves, encode_waves, put_bytes, put_i64, put_opt_i64, put_stage,
+    put_u32, put_u64, put_u128,
+};
+use crate::season::{Schedule, Season};
+use crate::shard::{IdempotencyEntry, ShardCounters, ShardState};
+use crate::wal::{self, Storage, TornTail, Wal, WalConfig};
+use crate::waitlist::WaitKey;
+
+/// Snapshot payload format version.
+const SNAPSHOT_VERSION: u32 = 1;
+
+/// What recovery found and did.
+#[derive(Debug)]
+pub struct RecoveryReport {
+    /// The snapshot started from: its LSN floor, if there was one.
+    pub snapshot_lsn: Option<u64>,
+    /// Records applied on top of the snapshot.
+    pub records_replayed: u64,
+    /// A torn last record that was cut off (and saved aside).
+    pub torn_tail: Option<TornTail>,
+    /// Holds and offers whose deadline passed while the engine was down, expired at start.
+    pub expired_at_start: usize,
+    /// Whether the schedule came from the log (an operator replaced it) instead of the season
+    /// file.
+    pub schedule_from_log: bool,
+    /// Time spent recovering, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+/// One record read back from the log, kept until the snapshot has been applied.
+struct Pending {
+    shard: u16,
+    shard_seq: u64,
+    lsn: u64,
+    kind: u8,
+    start: usize,
+    len: usize,
+}
+
+impl Engine {
+    /// Opens the engine on `storage`: restores the latest snapshot, replays the log after it,
+    /// checks every invariant, expires what fell due while it was down, and starts logging.
+    /// Refuses to start, changing nothing on disk but a torn tail, if the log is corrupt or
+    /// belongs to another catalog.
+    pub fn open(
+        catalog: Arc<Catalog>,
+        season: Season,
+        clock: Arc<dyn Clock>,
+        storage: Arc<dyn Storage>,
+        config: EngineConfig,
+    ) -> Result<(Arc<Engine>, RecoveryReport), EngineError> {
+        let started = Instant::now();
+        let mut engine = Engine::build(catalog, season, clock, config, None)?;
+        let tag = engine.catalog.fingerprint();
+        let mut arena = Vec::new();
+        let mut pending = Vec::new();
+        let recovered = wal::recover(&*storage, tag, &mut |rec| {
+            pending.push(Pending {
+                shard: rec.shard,
+                shard_seq: rec.shard_seq,
+                lsn: rec.lsn,
+                kind: rec.kind,
+                start: arena.len(),
+                len: rec.payload.len(),
+            });
+            arena.extend_from_slice(rec.payload);
+            Ok(())
+        })
+        .map_err(|e| EngineError::Recovery(e.to_string()))?;
+        let shard_count = engine.shards.len() + 1;
+        let mut last_seq = vec![0u64; shard_count];
+        let snapshot_lsn = match &recovered.snapshot {
+            Some((lsn, payload)) => {
+                last_seq = engine
+                    .restore_snapshot(payload)
+                    .map_err(|e| EngineError::Recovery(format!("snapshot at lsn {lsn}: {e}")))?;
+                Some(*lsn)
+            }
+            None => None,
+        };
+        let cut = last_seq.clone();
+        let mut replayed = 0u64;
+        let mut schedule_from_log = snapshot_lsn.is_some() && engine.schedule_in_snapshot;
+        for rec in &pending {
+            let s = usize::from(rec.shard);
+            let fail = |why: String| {
+                EngineError::Recovery(format!(
+                    "record lsn {} (shard {}, seq {}): {why}",
+                    rec.lsn, rec.shard, rec.shard_seq
+                ))
+            };
+            if s >= shard_count {
+                return Err(fail("unknown shard".into()));
+            }
+            if rec.shard_seq <= cut[s] {
+                continue;
+            }
+            if rec.shard_seq != last_seq[s] + 1 {
+                return Err(fail(format!(
+                    "expected seq {} (log and snapshot disagree)",
+                    last_seq[s] + 1
+                )));
+            }
+            let record = Record::decode(rec.kind, &arena[rec.start..rec.start + rec.len])
+                .map_err(&fail)?;
+            engine.replay(s, &record).map_err(&fail)?;
+            schedule_from_log |= matches!(record, Record::Schedule { .. });
+            last_seq[s] = rec.shard_seq;
+            replayed += 1;
+        }
+        drop(arena);
+        engine
+            .check_invariants()
+            .map_err(|e| EngineError::Recovery(format!("recovered state is inconsistent: {e}")))?;
+        let wal_config = WalConfig {
+            durability: engine.config.durability,
+            segment_bytes_target: engine.config.segment_bytes_target,
+            log_tag: tag,
+            ..WalConfig::default()
+        };
+        let wal = Wal::open(storage, wal_config, recovered.next_lsn, last_seq)
+            .map_err(|e| EngineError::Recovery(e.to_string()))?;
+        engine.wal = Some(wal);
+        let engine = Arc::new(engine);
+        let (expired_at_start, ticket) = engine.expire_due()?;
+        engine.wait(&crate::engine::Committed { value: (), ticket })?;
+        let report = RecoveryReport {
+            snapshot_lsn,
+            records_replayed: replayed,
+            torn_tail: recovered.torn_tail,
+            expired_at_start,
+            schedule_from_log,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        tracing::info!(
+            replayed,
+            expired_at_start,
+            elapsed_ms = report.elapsed_ms,
+            "recovered"
+        );
+        Ok((engine, report))
+    }
+
+    /// Applies one replayed record to shard `s` (the last index is the global shard).
+    fn replay(&mut self, s: usize, record: &Record) -> Result<(), String> {
+        if s == self.shards.len() {
+            let Record::Schedule { waves, .. } = record else {
+                return Err("only schedule records belong to the global shard".into());
+            };
+            let schedule = Arc::new(Schedule {
+                waves: waves.clone(),
+            });
+            *self.global.lock() = Arc::clone(&schedule);
+            self.schedule_replaced.store(true, Ordering::Release);
+            for shard in self.shards.iter() {
+                shard.state.lock().schedule = Arc::clone(&schedule);
+            }
+            return Ok(());
+        }
+        if matches!(record, Record::Schedule { .. }) {
+            return Err("a schedule record in a province shard".into());
+        }
+        let shard = &self.shards[s];
+        let mut st = shard.state.lock();
+        st.apply(&self.ctx(), &shard.counters, record)?;
+        self.index_record(record, s as ProvinceIdx);
+        Ok(())
+    }
+
+    /// Writes a snapshot of the whole state and lets the log drop what it covers. Without a
+    /// log it does nothing.
+    pub fn snapshot(&self) -> Result<(), EngineError> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.snapshot_lock.lock();
+        // Everything durable now is in the state captured below (see the module docs).
+        let lsn_floor = wal.durable_lsn();
+        let mut out = Vec::with_capacity(1 << 20);
+        put_u32(&mut out, SNAPSHOT_VERSION);
+        put_u64(&mut out, self.catalog.fingerprint());
+        put_u32(&mut out, self.shards.len() as u32);
+        {
+            let global = self.global.lock();
+            put_u64(&mut out, wal.staged_seq(self.shards.len() as u16));
+            out.push(u8::from(self.schedule_replaced.load(Ordering::Acquire)));
+            encode_waves(&mut out, &global.waves);
+        }
+        for (p, shard) in self.shards.iter().enumerate() {
+            let st = shard.state.lock();
+            put_u64(&mut out, wal.staged_seq(p as u16));
+            encode_shard(&mut out, &st);
+        }
+        self.records_since_snapshot.store(0, Ordering::Relaxed);
+        wal.write_snapshot(lsn_floor, &out)?;
+        Ok(())
+    }
+
+    /// Restores a snapshot into this empty engine; returns each shard's cut.
+    fn restore_snapshot(&mut self, payload: &[u8]) -> Result<Vec<u64>, String> {
+        let mut r = Reader::new(payload);
+        let version = r.u32()?;
+        if version != SNAPSHOT_VERSION {
+            return Err(format!("unsupported snapshot version {version}"));
+        }
+        if r.u64()? != self.catalog.fingerprint() {
+            return Err("taken over another catalog".into());
+        }
+        let shards = r.u32()? as usize;
+        if shards != self.shards.len() {
+            return Err(format!(
+                "{shards} provinces in the snapshot, {} in the catalog",
+                self.shards.len()
+            ));
+        }
+        let mut cuts = vec![0u64; shards + 1];
+        cuts[shards] = r.u64()?;
+        let replaced = r.u8()? != 0;
+        let waves = decode_waves(&mut r)?;
+        if replaced {
+            self.schedule_in_snapshot = true;
+            self.schedule_replaced.store(true, Ordering::Release);
+            let schedule = Arc::new(Schedule { waves });
+            *self.global.lock() = Arc::clone(&schedule);
+            for shard in self.shards.iter() {
+                shard.state.lock().schedule = Arc::clone(&schedule);
+            }
+        }
+        for (p, cut) in cuts.iter_mut().enumerate().take(shards) {
+            *cut = r.u64()?;
+            let shard = &self.shards[p];
+            let mut st = shard.state.lock();
+            decode_shard(&mut r, &mut st, &shard.counters, &self.catalog, &self.caravan_local)?;
+            for res in &st.reservations {
+                self.index.insert(res.id, p as ProvinceIdx);
+            }
+        }
+        r.finish()?;
+        Ok(cuts)
+    }
+
+    /// Stops the expiry thread, takes a final snapshot and flushes the log. Returns an error
+    /// if the log could not be made durable.
+    pub fn shutdown(&self) -> Result<(), EngineError> {
+        self.stop();
+        if let Some(wal) = &self.wal {
+            self.snapshot()?;
+            wal.shutdown()?;
+        }
+        Ok(())
+    }
+
+    /// Write-ahead log counters, if the engine logs.
+    pub fn wal_stats(&self) -> Option<wal::WalStats> {
+        self.wal.as_ref().map(|w| w.stats())
+    }
+}
+
+fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
+    put_u64(out, st.waitlist.next_join_seq());
+    put_u32(out, st.reservations.len() as u32);
+    for r in &st.reservations {
+        put_u128(out, r.id.0);
+        put_u32(out, r.holder);
+        put_u32(out, r.caravan);
+        out.push(r.status as u8);
+        put_stage(out, r.stage);
+        put_opt_i64(out, r.deadline_ms);
+        put_i64(out, r.created_ms);
+        put_i64(out, r.updated_ms);
+        out.push(r.end_reason.map_or(0xFF, EndReason::code));
+    }
+    put_u32(out, st.waitlist.len() as u32);
+    for (holder, key, city) in st.waitlist.iter() {
+        put_u32(out, holder);
+        put_u32(out, key.receipt_day as u32);
+        put_u64(out, key.join_seq);
+        put_u32(out, city);
+    }
+    let entries: Vec<_> = st
+        .idempotency
+        .iter()
+        .flat_map(|(local, list)| list.iter().map(move |e| (*local, e)))
+        .collect();
+    put_u32(out, entries.len() as u32);
+    for (local, e) in entries {
+        put_u32(out, local);
+        put_bytes(out, &e.key);
+        put_u32(out, e.caravan);
+        put_u128(out, e.reservation.0);
+        put_i64(out, e.at_ms);
+    }
+}
+
+const STATUSES: [Status; 6] = [
+    Status::Offered,
+    Status::Held,
+    Status::Confirmed,
+    Status::Cancelled,
+    Status::Expired,
+    Status::Rejected,
+];
+
+fn decode_shard(
+    r: &mut Reader<'_>,
+    st: &mut ShardState,
+    counters: &ShardCounters,
+    catalog: &Catalog,
+    caravan_local: &[u32],
+) -> Result<(), String> {
+    let next_join_seq = r.u64()?;
+    let count = r.u32()? as usize;
+    for _ in 0..count {
+        let id = ReservationId(r.u128()?);
+        let holder = r.u32()?;
+        let caravan = r.u32()?;
+        let status_code = r.u8()?;
+        let status = *STATUSES
+            .get(usize::from(status_code))
+            .ok_or_else(|| format!("unknown status {status_code}"))?;
+        let stage = r.stage()?;
+        let deadline_ms = r.opt_i64()?;
+        let created_ms = r.i64()?;
+        let updated_ms = r.i64()?;
+        let end_reason = match r.u8()? {
+            0xFF => None,
+            code => Some(EndReason::from_code(code).ok_or_else(|| format!("bad reason {code}"))?),
+        };
+        let h = catalog
+            .holder(holder)
+            .filter(|h| h.province == st.province)
+            .ok_or_else(|| format!("reservation {id}: holder {holder} not of this province"))?;
+        let c = catalog
+            .caravans()
+            .get(caravan as usize)
+            .filter(|c| c.province == st.province)
+            .ok_or_else(|| format!("reservation {id}: caravan {caravan} not of this province"))?;
+        let idx = st.reservations.len() as u32;
+        if st.by_id.insert(id, idx).is_some() {
+            return Err(format!("reservation {id} appears twice"));
+        }
+        if status.is_live() {
+            let slot = caravan_local[caravan as usize] as usize;
+            if st.occupied[slot] >= c.capacity {
+                return Err(format!("caravan {} over capacity", c.id));
+            }
+            st.occupied[slot] += 1;
+            counters.free[slot].fetch_sub(1, Ordering::AcqRel);
+            counters.free_total.fetch_sub(1, Ordering::AcqRel);
+            if status != Status::Confirmed {
+                counters.holds_live.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(d) = deadline_ms {
+                st.timers.push(std::cmp::Reverse((d, idx)));
+            }
+        }
+        st.latest[h.local as usize] = idx;
+        st.reservations.push(Reservation {
+            id,
+            holder,
+            caravan,
+            status,
+            stage,
+            deadline_ms,
+            created_ms,
+            updated_ms,
+            end_reason,
+        });
+    }
+    st.publish_next_deadline(counters);
+    let waiting = r.u32()? as usize;
+    for _ in 0..waiting {
+        let holder = r.u32()?;
+        let receipt_day = r.u32()? as i32;
+        let join_seq = r.u64()?;
+        let city = r.u32()?;
+        catalog
+            .holder(holder)
+            .filter(|h| h.province == st.province)
+            .ok_or_else(|| format!("waiting holder {holder} not of this province"))?;
+        let key = WaitKey {
+            receipt_day,
+            join_seq,
+        };
+        if !st.waitlist.insert(holder, key, city) {
+            return Err(format!("holder {holder} waits twice"));
+        }
+        counters.waiting.fetch_add(1, Ordering::Relaxed);
+    }
+    st.waitlist.set_next_join_seq(next_join_seq.max(st.waitlist.next_join_seq()));
+    let entries = r.u32()? as usize;
+    for _ in 0..entries {
+        let local = r.u32()?;
+        let key = r.bytes()?.to_vec().into_boxed_slice();
+        let caravan = r.u32()?;
+        let reservation = ReservationId(r.u128()?);
+        let at_ms = r.i64()?;
+        st.idempotency.entry(local).or_default().push(IdempotencyEntry {
+            key,
+            caravan,
+            reservation,
+            at_ms,
+        });
+    }
+    Ok(())
+}

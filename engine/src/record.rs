@@ -1,0 +1,341 @@
+//! The engine's log records: every decision as bytes, and back.
+//!
+//! A record states an outcome, never a request: replaying it needs no clock, no schedule and
+//! no eligibility check, so replay gives exactly the state the live engine had. The byte
+//! layout of each kind is in `docs/wal-format.md`; all integers are little-endian.
+
+use crate::catalog::{CaravanIdx, HolderIdx};
+use crate::model::{EndReason, ReservationId};
+use crate::season::{Stage, Wave};
+
+/// On-disk marker for "no stage" / "no deadline".
+const NONE_U8: u8 = 0xFF;
+/// On-disk marker for "every province" in a wave.
+const ALL_PROVINCES: u16 = 0xFFFF;
+
+/// A seat given to the head of a waiting list, made in the same decision that freed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Offer {
+    pub id: ReservationId,
+    pub holder: HolderIdx,
+    pub deadline_ms: i64,
+}
+
+/// One logged decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// A holder took a seat: a hold at `stage`, or confirmed at once when there are no stages.
+    Reserve {
+        id: ReservationId,
+        holder: HolderIdx,
+        caravan: CaravanIdx,
+        at_ms: i64,
+        stage: Option<Stage>,
+        deadline_ms: Option<i64>,
+        idempotency_key: Vec<u8>,
+    },
+    /// A stage was completed or an offer accepted: the reservation moves to `stage`, or is
+    /// confirmed when `stage` is `None`.
+    Advance {
+        id: ReservationId,
+        at_ms: i64,
+        stage: Option<Stage>,
+        deadline_ms: Option<i64>,
+    },
+    /// A reservation ended; its seat went to `offer` or back to the pool.
+    End {
+        id: ReservationId,
+        at_ms: i64,
+        reason: EndReason,
+        offer: Option<Offer>,
+    },
+    /// A holder joined their province's waiting list.
+    Join { holder: HolderIdx, at_ms: i64 },
+    /// The registration schedule was replaced.
+    Schedule { at_ms: i64, waves: Vec<Wave> },
+}
+
+/// The one-byte record kinds on disk.
+pub(crate) mod kind {
+    pub const RESERVE: u8 = 1;
+    pub const ADVANCE: u8 = 2;
+    pub const END: u8 = 3;
+    pub const JOIN: u8 = 4;
+    pub const SCHEDULE: u8 = 5;
+}
+
+impl Record {
+    /// The record's kind byte.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Record::Reserve { .. } => kind::RESERVE,
+            Record::Advance { .. } => kind::ADVANCE,
+            Record::End { .. } => kind::END,
+            Record::Join { .. } => kind::JOIN,
+            Record::Schedule { .. } => kind::SCHEDULE,
+        }
+    }
+
+    /// Appends the payload bytes (without the kind) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Record::Reserve {
+                id,
+                holder,
+                caravan,
+                at_ms,
+                stage,
+                deadline_ms,
+                idempotency_key,
+            } => {
+                put_u128(out, id.0);
+                put_u32(out, *holder);
+                put_u32(out, *caravan);
+                put_i64(out, *at_ms);
+                put_stage(out, *stage);
+                put_opt_i64(out, *deadline_ms);
+                put_bytes(out, idempotency_key);
+            }
+            Record::Advance {
+                id,
+                at_ms,
+                stage,
+                deadline_ms,
+            } => {
+                put_u128(out, id.0);
+                put_i64(out, *at_ms);
+                put_stage(out, *stage);
+                put_opt_i64(out, *deadline_ms);
+            }
+            Record::End {
+                id,
+                at_ms,
+                reason,
+                offer,
+            } => {
+                put_u128(out, id.0);
+                put_i64(out, *at_ms);
+                out.push(reason.code());
+                match offer {
+                    None => out.push(0),
+                    Some(offer) => {
+                        out.push(1);
+                        put_u128(out, offer.id.0);
+                        put_u32(out, offer.holder);
+                        put_i64(out, offer.deadline_ms);
+                    }
+                }
+            }
+            Record::Join { holder, at_ms } => {
+                put_u32(out, *holder);
+                put_i64(out, *at_ms);
+            }
+            Record::Schedule { at_ms, waves } => {
+                put_i64(out, *at_ms);
+                encode_waves(out, waves);
+            }
+        }
+    }
+
+    /// Decodes a payload of kind `kind`; an error says what is wrong.
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Record, String> {
+        let mut r = Reader::new(payload);
+        let record = match kind {
+            kind::RESERVE => Record::Reserve {
+                id: ReservationId(r.u128()?),
+                holder: r.u32()?,
+                caravan: r.u32()?,
+                at_ms: r.i64()?,
+                stage: r.stage()?,
+                deadline_ms: r.opt_i64()?,
+                idempotency_key: r.bytes()?.to_vec(),
+            },
+            kind::ADVANCE => Record::Advance {
+                id: ReservationId(r.u128()?),
+                at_ms: r.i64()?,
+                stage: r.stage()?,
+                deadline_ms: r.opt_i64()?,
+            },
+            kind::END => {
+                let id = ReservationId(r.u128()?);
+                let at_ms = r.i64()?;
+                let code = r.u8()?;
+                let reason = EndReason::from_code(code)
+                    .ok_or_else(|| format!("unknown end reason {code}"))?;
+                let offer = match r.u8()? {
+                    0 => None,
+                    1 => Some(Offer {
+                        id: ReservationId(r.u128()?),
+                        holder: r.u32()?,
+                        deadline_ms: r.i64()?,
+                    }),
+                    other => return Err(format!("bad offer flag {other}")),
+                };
+                Record::End {
+                    id,
+                    at_ms,
+                    reason,
+                    offer,
+                }
+            }
+            kind::JOIN => Record::Join {
+                holder: r.u32()?,
+                at_ms: r.i64()?,
+            },
+            kind::SCHEDULE => Record::Schedule {
+                at_ms: r.i64()?,
+                waves: decode_waves(&mut r)?,
+            },
+            other => return Err(format!("unknown record kind {other}")),
+        };
+        r.finish()?;
+        Ok(record)
+    }
+}
+
+/// Appends a wave list (used by the schedule record and by snapshots).
+pub(crate) fn encode_waves(out: &mut Vec<u8>, waves: &[Wave]) {
+    put_u32(out, waves.len() as u32);
+    for wave in waves {
+        put_bytes(out, wave.name.as_bytes());
+        put_i32(out, wave.receipts_until_day);
+        put_i64(out, wave.opens_at_ms);
+        match &wave.provinces {
+            None => put_u16(out, ALL_PROVINCES),
+            Some(ids) => {
+                // A schedule lists at most the catalog's provinces, far below the marker.
+                put_u16(out, ids.len().min(usize::from(ALL_PROVINCES - 1)) as u16);
+                for id in ids.iter().take(usize::from(ALL_PROVINCES - 1)) {
+                    put_u32(out, *id);
+                }
+            }
+        }
+    }
+}
+
+/// Reads a wave list written by [`encode_waves`].
+pub(crate) fn decode_waves(r: &mut Reader<'_>) -> Result<Vec<Wave>, String> {
+    let count = r.u32()? as usize;
+    let mut waves = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let name = String::from_utf8(r.bytes()?.to_vec()).map_err(|_| "wave name not UTF-8")?;
+        let receipts_until_day = r.i32()?;
+        let opens_at_ms = r.i64()?;
+        let provinces = match r.u16()? {
+            ALL_PROVINCES => None,
+            n => Some((0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?),
+        };
+        waves.push(Wave {
+            name,
+            receipts_until_day,
+            opens_at_ms,
+            provinces,
+        });
+    }
+    Ok(waves)
+}
+
+pub(crate) fn put_u16(out: &mut Vec<u8>, v: u16) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+pub(crate) fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+pub(crate) fn put_i32(out: &mut Vec<u8>, v: i32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+pub(crate) fn put_i64(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+pub(crate) fn put_u128(out: &mut Vec<u8>, v: u128) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+/// `None` is written as `i64::MIN`, which no real instant uses.
+pub(crate) fn put_opt_i64(out: &mut Vec<u8>, v: Option<i64>) {
+    put_i64(out, v.unwrap_or(i64::MIN));
+}
+pub(crate) fn put_stage(out: &mut Vec<u8>, stage: Option<Stage>) {
+    out.push(stage.map_or(NONE_U8, Stage::code));
+}
+/// A length-prefixed (u16) byte string; callers keep it under 64 KiB.
+pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = bytes.len().min(usize::from(u16::MAX));
+    put_u16(out, len as u16);
+    out.extend_from_slice(&bytes[..len]);
+}
+
+/// A bounds-checked little-endian reader: running off the end is an error, never a panic.
+pub(crate) struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes, pos: 0 }
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or_else(|| format!("truncated at byte {}", self.pos))?;
+        let slice = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.array::<1>()?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    pub fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub fn i32(&mut self) -> Result<i32, String> {
+        Ok(i32::from_le_bytes(self.array()?))
+    }
+    pub fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    pub fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+    pub fn u128(&mut self) -> Result<u128, String> {
+        Ok(u128::from_le_bytes(self.array()?))
+    }
+    pub fn opt_i64(&mut self) -> Result<Option<i64>, String> {
+        let v = self.i64()?;
+        Ok((v != i64::MIN).then_some(v))
+    }
+    pub fn stage(&mut self) -> Result<Option<Stage>, String> {
+        match self.u8()? {
+            NONE_U8 => Ok(None),
+            code => Stage::from_code(code)
+                .map(Some)
+                .ok_or_else(|| format!("unknown stage code {code}")),
+        }
+    }
+    pub fn bytes(&mut self) -> Result<&'a [u8], String> {
+        let len = usize::from(self.u16()?);
+        self.take(len)
+    }
+
+    /// Returns an error if and only if bytes are left over.
+    pub fn finish(&self) -> Result<(), String> {
+        if self.pos == self.bytes.len() {
+            Ok(())
+        } else {
+            Err(format!("{} trailing bytes", self.bytes.len() - self.pos))
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! One province's shard: its seat counters, reservations, deadlines, waiting list and
+//! idempotency keys, and the one function that applies a logged decision to them.
+//!
+//! A shard is the unit of locking: a decision locks exactly one shard, and applying a record is
+//! the only way state changes, both live and during replay, so the log and memory cannot
+//! disagree. Free-seat counters sit beside the lock as atomics, so readers never wait for it.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use rustc_hash::FxHashMap;
+
+use crate::catalog::{CaravanIdx, Catalog, HolderIdx, ProvinceIdx};
+use crate::model::{Reservation, ReservationId, ReservationView, Status};
+use crate::record::{Offer, Record};
+use crate::season::Schedule;
+use crate::sync::{AtomicI64, AtomicU32, Mutex};
+use crate::waitlist::Waitlist;
+
+/// Marker for "no reservation" in the per-holder table.
+pub(crate) const NO_RESERVATION: u32 = u32::MAX;
+/// How many idempotency keys one holder keeps; older ones are forgotten first.
+pub(crate) const IDEMPOTENCY_KEYS_PER_HOLDER_MAX: usize = 4;
+
+/// What the engine needs from outside a shard to apply a record.
+pub(crate) struct Ctx<'a> {
+    pub catalog: &'a Catalog,
+    /// Global caravan index -> index among its province's caravans.
+    pub caravan_local: &'a [u32],
+}
+
+/// A remembered `Idempotency-Key` of one holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IdempotencyEntry {
+    pub key: Box<[u8]>,
+    pub caravan: CaravanIdx,
+    pub reservation: ReservationId,
+    pub at_ms: i64,
+}
+
+/// The lock-free side of a shard: counters readers load without taking the lock.
+#[derive(Debug)]
+pub(crate) struct ShardCounters {
+    /// Free seats per caravan of the province (local index). Lowered before a seat is taken
+    /// and raised only after it is released, so a reader never sees more free seats than
+    /// there are.
+    pub free: Box<[AtomicU32]>,
+    /// Free seats in the whole province.
+    pub free_total: AtomicU32,
+    /// Live holds and offers (not confirmed) in the province.
+    pub holds_live: AtomicU32,
+    /// The earliest pending deadline, `i64::MAX` if none (may be a stale, earlier one).
+    pub next_deadline_ms: AtomicI64,
+    /// Holders on the waiting list.
+    pub waiting: AtomicU32,
+}
+
+/// One province's shard.
+#[derive(Debug)]
+pub(crate) struct Shard {
+    pub state: Mutex<ShardState>,
+    pub counters: ShardCounters,
+}
+
+/// Everything a province's decisions read and write, behind the shard's lock.
+#[derive(Debug)]
+pub(crate) struct ShardState {
+    pub province: ProvinceIdx,
+    pub schedule: Arc<Schedule>,
+    /// Live reservations per caravan (local index): never above its capacity.
+    pub occupied: Vec<u32>,
+    pub reservations: Vec<Reservation>,
+    pub by_id: FxHashMap<ReservationId, u32>,
+    /// Per holder (local index): the index of their latest reservation.
+    pub latest: Vec<u32>,
+    /// Pending deadlines: (deadline, reservation index). Entries go stale when a reservation
+    /// moves on; a popped entry counts only if it still matches the reservation.
+    pub timers: BinaryHeap<Reverse<(i64, u32)>>,
+    pub waitlist: Waitlist,
+    pub idempotency: FxHashMap<u32, Vec<IdempotencyEntry>>,
+    /// Reused encoding buffer, so a decision does not allocate for its record.
+    pub scratch: Vec<u8>,
+}
+
+impl Shard {
+    /// An empty shard for `province`.
+    pub fn new(
+        catalog: &Catalog,
+        province: ProvinceIdx,
+        schedule: Arc<Schedule>,
+        first_day: i32,
+        last_day: i32,
+    ) -> Shard {
+        let caravans = catalog.caravans_of_province(province);
+        let free: Box<[AtomicU32]> = caravans
+            .iter()
+            .map(|&c| AtomicU32::new(catalog.caravans()[c as usize].capacity))
+            .collect();
+        let total: u32 = caravans
+            .iter()
+            .map(|&c| catalog.caravans()[c as usize].capacity)
+            .fold(0u32, u32::saturating_add);
+        let holders = catalog.province_holder_count(province);
+        let state = ShardState {
+            province,
+            schedule,
+            occupied: vec![0; caravans.len()],
+            reservations: Vec::new(),
+            by_id: FxHashMap::default(),
+            latest: vec![NO_RESERVATION; holders as usize],
+            timers: BinaryHeap::new(),
+            waitlist: Waitlist::new(first_day, last_day),
+            idempotency: FxHashMap::default(),
+            scratch: Vec::with_capacity(128),
+        };
+        Shard {
+            state: Mutex::new(state),
+            counters: ShardCounters {
+                free,
+                free_total: AtomicU32::new(total),
+                holds_live: AtomicU32::new(0),
+                next_deadline_ms: AtomicI64::new(i64::MAX),
+                waiting: AtomicU32::new(0),
+            },
+        }
+    }
+}
+
+impl ShardState {
+    /// The holder's live reservation index, if any.
+    pub fn live_of(&self, local: u32) -> Option<u32> {
+        let idx = *self.latest.get(local as usize)?;
+        let r = self.reservations.get(idx as usize)?;
+        r.status.is_live().then_some(idx)
+    }
+
+    /// The reservation with this id, if it is in this shard.
+    pub fn find(&self, id: ReservationId) -> Option<u32> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// A caller's copy of the reservation at `idx`.
+    pub fn view(&self, catalog: &Catalog, idx: u32) -> Option<ReservationView> {
+        let r = self.reservations.get(idx as usize)?;
+        Some(ReservationView {
+            id: r.id,
+            national_id: catalog.holder(r.holder).map_or(0, |h| h.national_id),
+            holder: r.holder,
+            caravan: r.caravan,
+            province: self.province,
+            status: r.status,
+            stage: r.stage,
+            deadline_ms: r.deadline_ms,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+            end_reason: r.end_reason,
+        })
+    }
+
+    /// The remembered reservation for `key` of the holder, if the key is still retained.
+    pub fn idempotency_lookup(
+        &self,
+        local: u32,
+        key: &[u8],
+        retained_since_ms: i64,
+    ) -> Option<&IdempotencyEntry> {
+        self.idempotency
+            .get(&local)?
+            .iter()
+            .find(|e| &*e.key == key && e.at_ms >= retained_since_ms)
+    }
+
+    fn local_holder(&self, ctx: &Ctx<'_>, holder: HolderIdx) -> Result<u32, String> {
+        let h = ctx
+            .catalog
+            .holder(holder)
+            .ok_or_else(|| format!("unknown holder index {holder}"))?;
+        if h.province != self.province {
+            return Err(format!("holder {holder} is not of province {}", self.province));
+        }
+        Ok(h.local)
+    }
+
+    fn local_caravan(&self, ctx: &Ctx<'_>, caravan: CaravanIdx) -> Result<usize, String> {
+        let c = ctx
+            .catalog
+            .caravans()
+            .get(caravan as usize)
+            .ok_or_else(|| format!("unknown caravan index {caravan}"))?;
+        if c.province != self.province {
+            return Err(format!("caravan {caravan} is not of province {}", self.province));
+        }
+        Ok(ctx.caravan_local[caravan as usize] as usize)
+    }
+
+    fn push_timer(&mut self, counters: &ShardCounters, deadline_ms: Option<i64>, idx: u32) {
+        if let Some(deadline_ms) = deadline_ms {
+            self.timers.push(Reverse((deadline_ms, idx)));
+            counters
+                .next_deadline_ms
+                .fetch_min(deadline_ms, Ordering::Release);
+        }
+    }
+
+    /// Re-publishes the earliest deadline after timers were popped.
+    pub fn publish_next_deadline(&self, counters: &ShardCounters) {
+        let next = self.timers.peek().map_or(i64::MAX, |Reverse((d, _))| *d);
+        counters.next_deadline_ms.store(next, Ordering::Release);
+    }
+
+    /// Whether the timer entry (`deadline_ms`, `idx`) still stands for a pending deadline.
+    pub fn timer_is_current(&self, deadline_ms: i64, idx: u32) -> bool {
+        self.reservations.get(idx as usize).is_some_and(|r| {
+            matches!(r.status, Status::Held | Status::Offered) && r.deadline_ms == Some(deadline_ms)
+        })
+    }
+
+    /// Drops stale timer entries once they outnumber live ones, so the heap stays bounded by
+    /// the number of pending deadlines.
+    pub fn compact_timers(&mut self) {
+        let live = self.counters_live_estimate();
+        if self.timers.len() <= 2 * live + 1024 {
+            return;
+        }
+        let entries: Vec<_> = std::mem::take(&mut self.timers).into_vec();
+        self.timers = entries
+            .into_iter()
+            .filter(|Reverse((d, idx))| self.timer_is_current(*d, *idx))
+            .collect();
+    }
+
+    fn counters_live_estimate(&self) -> usize {
+        self.occupied.iter().map(|&o| o as usize).sum()
+    }
+
+    /// Applies one decided record. Returns an error, changing nothing, if the record does not
+    /// fit the state (which on replay means a damaged or foreign log).
+    pub fn apply(
+        &mut self,
+        ctx: &Ctx<'_>,
+        counters: &ShardCounters,
+        record: &Record,
+    ) -> Result<(), String> {
+        match record {
+            Record::Reserve {
+                id,
+                holder,
+                caravan,
+                at_ms,
+                stage,
+                deadline_ms,
+                idempotency_key,
+            } => {
+                let local = self.local_holder(ctx, *holder)?;
+                let slot = self.local_caravan(ctx, *caravan)?;
+                if self.live_of(local).is_some() {
+                    return Err(format!("holder {holder} already has a live reservation"));
+                }
+                self.take_seat(ctx, counters, *caravan, slot)?;
+                if self.by_id.contains_key(id) {
+                    return Err(format!("reservation id {id} reused"));
+                }
+                let status = if stage.is_some() {
+                    Status::Held
+                } else {
+                    Status::Confirmed
+                };
+                let idx = self.push_reservation(Reservation {
+                    id: *id,
+                    holder: *holder,
+                    caravan: *caravan,
+                    status,
+                    stage: *stage,
+                    deadline_ms: *deadline_ms,
+                    created_ms: *at_ms,
+                    updated_ms: *at_ms,
+                    end_reason: None,
+                });
+                self.latest[local as usize] = idx;
+                if status == Status::Held {
+                    counters.holds_live.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.waitlist.remove(*holder) {
+                    counters.waiting.fetch_sub(1, Ordering::Relaxed);
+                }
+                if !idempotency_key.is_empty() {
+                    let keys = self.idempotency.entry(local).or_default();
+                    if keys.len() >= IDEMPOTENCY_KEYS_PER_HOLDER_MAX {
+                        keys.remove(0);
+                    }
+                    keys.push(IdempotencyEntry {
+                        key: idempotency_key.clone().into_boxed_slice(),
+                        caravan: *caravan,
+                        reservation: *id,
+                        at_ms: *at_ms,
+                    });
+                }
+                self.push_timer(counters, *deadline_ms, idx);
+            }
+            Record::Advance {
+                id,
+                at_ms,
+                stage,
+                deadline_ms,
+            } => {
+                let idx = self.find(*id).ok_or_else(|| format!("unknown reservation {id}"))?;
+                let r = &mut self.reservations[idx as usize];
+                let was = r.status;
+                if !matches!(was, Status::Held | Status::Offered) {
+                    return Err(format!("reservation {id} cannot advance from {was:?}"));
+                }
+                r.status = if stage.is_some() {
+                    Status::Held
+                } else {
+                    Status::Confirmed
+                };
+                r.stage = *stage;
+                r.deadline_ms = *deadline_ms;
+                r.updated_ms = *at_ms;
+                if r.status == Status::Confirmed {
+                    counters.holds_live.fetch_sub(1, Ordering::Relaxed);
+                }
+                self.push_timer(counters, *deadline_ms, idx);
+            }
+            Record::End {
+                id,
+                at_ms,
+                reason,
+                offer,
+            } => self.apply_end(ctx, counters, *id, *at_ms, *reason, offer.as_ref())?,
+            Record::Join { holder, at_ms: _ } => {
+                let local = self.local_holder(ctx, *holder)?;
+                if self.live_of(local).is_some() {
+                    return Err(format!("holder {holder} joins while holding a seat"));
+                }
+                let h = ctx
+                    .catalog
+                    .holder(*holder)
+                    .ok_or_else(|| format!("unknown holder {holder}"))?;
+                if !self.waitlist.join(*holder, h.receipt_day, h.city) {
+                    return Err(format!("holder {holder} is already waiting"));
+                }
+                counters.waiting.fetch_add(1, Ordering::Relaxed);
+            }
+            Record::Schedule { waves, .. } => {
+                self.schedule = Arc::new(Schedule {
+                    waves: waves.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn push_reservation(&mut self, reservation: Reservation) -> u32 {
+        let idx = self.reservations.len() as u32;
+        self.by_id.insert(reservation.id, idx);
+        self.reservations.push(reservation);
+        idx
+    }
+
+    fn take_seat(
+        &mut self,
+        ctx: &Ctx<'_>,
+        counters: &ShardCounters,
+        caravan: CaravanIdx,
+        slot: usize,
+    ) -> Result<(), String> {
+        let capacity = ctx.catalog.caravans()[caravan as usize].capacity;
+        if self.occupied[slot] >= capacity {
+            return Err(format!("caravan {caravan} would be over capacity"));
+        }
+        // Lower the public counter first: readers may see one seat fewer for a moment, never
+        // one more.
+        counters.free[slot].fetch_sub(1, Ordering::AcqRel);
+        counters.free_total.fetch_sub(1, Ordering::AcqRel);
+        self.occupied[slot] += 1;
+        assert!(self.occupied[slot] <= capacity, "caravan over capacity");
+        Ok(())
+    }
+
+    fn release_seat(&mut self, counters: &ShardCounters, slot: usize) {
+        assert!(self.occupied[slot] > 0, "released a seat that was not taken");
+        self.occupied[slot] -= 1;
+        counters.free[slot].fetch_add(1, Ordering::AcqRel);
+        counters.free_total.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn apply_end(
+        &mut self,
+        ctx: &Ctx<'_>,
+        counters: &ShardCounters,
+        id: ReservationId,
+        at_ms: i64,
+        reason: crate::model::EndReason,
+        offer: Option<&Offer>,
+    ) -> Result<(), String> {
+        let idx = self.find(id).ok_or_else(|| format!("unknown reservation {id}"))?;
+        let (caravan, was) = {
+            let r = &self.reservations[idx as usize];
+            (r.caravan, r.status)
+        };
+        if !was.is_live() {
+            return Err(format!("reservation {id} already ended"));
+        }
+        let slot = self.local_caravan(ctx, caravan)?;
+        if let Some(offer) = offer {
+            let local = self.local_holder(ctx, offer.holder)?;
+            if !self.waitlist.contains(offer.holder) || self.live_of(local).is_some() {
+                return Err(format!("offer to holder {} who is not waiting", offer.holder));
+            }
+            if self.by_id.contains_key(&offer.id) {
+                return Err(format!("reservation id {} reused", offer.id));
+            }
+        }
+        let r = &mut self.reservations[idx as usize];
+        r.status = reason.status();
+        r.end_reason = Some(reason);
+        r.stage = None;
+        r.deadline_ms = None;
+        r.updated_ms = at_ms;
+        if matches!(was, Status::Held | Status::Offered) {
+            counters.holds_live.fetch_sub(1, Ordering::Relaxed);
+        }
+        match offer {
+            None => self.release_seat(counters, slot),
+            Some(offer) => {
+                // The seat passes straight to the offeree: occupancy does not change.
+                self.waitlist.remove(offer.holder);
+                counters.waiting.fetch_sub(1, Ordering::Relaxed);
+                let offered = self.push_reservation(Reservation {
+                    id: offer.id,
+                    holder: offer.holder,
+                    caravan,
+                    status: Status::Offered,
+                    stage: None,
+                    deadline_ms: Some(offer.deadline_ms),
+                    created_ms: at_ms,
+                    updated_ms: at_ms,
+                    end_reason: None,
+                });
+                let local = self.local_holder(ctx, offer.holder)?;
+                self.latest[local as usize] = offered;
+                counters.holds_live.fetch_add(1, Ordering::Relaxed);
+                self.push_timer(counters, Some(offer.deadline_ms), offered);
+            }
+        }
+        Ok(())
+    }
+}

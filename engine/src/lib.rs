@@ -8,10 +8,13 @@
 //! readers never wait. Deadlines live in per-shard heaps driven by an injectable
 //! [`clock::Clock`]. Snapshots and recovery restore the whole state.
 
+pub mod calendar;
 pub mod catalog;
 pub mod clock;
+pub mod datagen;
 pub mod engine;
 pub mod error;
+pub mod load;
 pub mod model;
 pub mod persist;
 pub mod season;

@@ -169,7 +169,14 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let verdict = verify_recovery(&engine, &before_crash);
     engine.shutdown()?;
 
-    print_report(&rush, &after_rush, &lifecycle, &stats_before, &wal_stats, args);
+    print_report(
+        &rush,
+        &after_rush,
+        &lifecycle,
+        &stats_before,
+        &wal_stats,
+        args,
+    );
     println!(
         "recovery   snapshot at lsn {:?} + {} records replayed in {} ms; {} deadlines expired at start",
         report.snapshot_lsn, report.records_replayed, recovery_ms, report.expired_at_start
@@ -189,7 +196,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
 
 fn ensure_data_set(data_dir: &Path, args: &DemoArgs) -> anyhow::Result<Option<f64>> {
     let marker = data_dir.join("demo-params.txt");
-    let params = format!("holders={} seats={} seed={}\n", args.holders, args.seats, args.seed);
+    let params = format!(
+        "holders={} seats={} seed={}\n",
+        args.holders, args.seats, args.seed
+    );
     if std::fs::read_to_string(&marker).ok().as_deref() == Some(params.as_str()) {
         return Ok(None);
     }
@@ -236,9 +246,9 @@ fn rush(
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let mut order: Vec<HolderIdx> = (0..catalog.holder_count() as u32)
         .filter(|&h| {
-            catalog.holder(h).is_some_and(|h| {
-                h.receipt_day <= cutoff_day || rng.random_ratio(1, 50)
-            })
+            catalog
+                .holder(h)
+                .is_some_and(|h| h.receipt_day <= cutoff_day || rng.random_ratio(1, 50))
         })
         .collect();
     order.shuffle(&mut rng);
@@ -250,7 +260,10 @@ fn rush(
         .map(|_| AtomicU64::new(0))
         .collect();
     let wait_ms = (opens_at_ms - SystemClock.now_ms()).max(0) as u64;
-    println!("rush       {} holders queue up; opening in {wait_ms} ms", order.len());
+    println!(
+        "rush       {} holders queue up; opening in {wait_ms} ms",
+        order.len()
+    );
     // A few eager clients try before the opening and are told when it opens.
     for &h in order.iter().take(20) {
         let c = catalog.caravans_of_city(catalog.holder(h).map_or(0, |h| h.city));
@@ -341,10 +354,10 @@ fn journey(
     if rng.random_ratio(3, 100) {
         // A confused or malicious request: a caravan of another province.
         let other = rng.random_range(0..catalog.caravans().len()) as u32;
-        if catalog.caravans()[other as usize].province != holder.province {
-            if let Err(e) = engine.reserve(h, other, None) {
-                tally.add(outcome_name(&e));
-            }
+        if catalog.caravans()[other as usize].province != holder.province
+            && let Err(e) = engine.reserve(h, other, None)
+        {
+            tally.add(outcome_name(&e));
         }
     }
     // Preference skew: the first caravans of the list draw most people.

@@ -265,7 +265,9 @@ impl Catalog {
 
     fn span(&self, span: TextSpan) -> &str {
         let start = span.start as usize;
-        self.text.get(start..start + span.len as usize).unwrap_or("")
+        self.text
+            .get(start..start + span.len as usize)
+            .unwrap_or("")
     }
 }
 

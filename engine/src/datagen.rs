@@ -777,7 +777,7 @@ fn write_holders(
         let national_id = loop {
             let first9: u64 = rng.random_range(0..1_000_000_000);
             let id = first9 * 10 + u64::from(national_id_check_digit(first9));
-            if id % 1_111_111_111 != 0 && seen.insert(id) {
+            if !id.is_multiple_of(1_111_111_111) && seen.insert(id) {
                 break id;
             }
         };
@@ -825,7 +825,7 @@ fn write_holders(
         line.extend_from_slice(&suffixes[city as usize]);
         out.write_all(&line).map_err(io_error(&path))?;
         report.holders += 1;
-        if report.holders % 100_000 == 0 {
+        if report.holders.is_multiple_of(100_000) {
             progress(&format!(
                 "holders.csv: {} / {total} holders",
                 report.holders

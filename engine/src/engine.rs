@@ -14,8 +14,7 @@ use crate::catalog::{CaravanIdx, Catalog, HolderIdx, ProvinceIdx, ReceiptStatus}
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::model::{
-    EndReason, OperatorEvent, ReservationId, ReservationView, Status, WaitlistPlace,
-    WaitlistStatus,
+    EndReason, OperatorEvent, ReservationId, ReservationView, Status, WaitlistPlace, WaitlistStatus,
 };
 use crate::record::{Offer, Record};
 use crate::season::{NotEligible, Schedule, Season, Wave};
@@ -149,7 +148,9 @@ impl Engine {
         clock: Arc<dyn Clock>,
         config: EngineConfig,
     ) -> Result<Arc<Engine>, EngineError> {
-        Ok(Arc::new(Engine::build(catalog, season, clock, config, None)?))
+        Ok(Arc::new(Engine::build(
+            catalog, season, clock, config, None,
+        )?))
     }
 
     pub(crate) fn build(
@@ -183,7 +184,11 @@ impl Engine {
             .collect();
         let mut caravan_local = vec![0u32; catalog.caravans().len()];
         for p in 0..province_count {
-            for (slot, &c) in catalog.caravans_of_province(p as ProvinceIdx).iter().enumerate() {
+            for (slot, &c) in catalog
+                .caravans_of_province(p as ProvinceIdx)
+                .iter()
+                .enumerate()
+            {
                 caravan_local[c as usize] = slot as u32;
             }
         }
@@ -354,7 +359,9 @@ impl Engine {
                 if entry.caravan != caravan {
                     return Err(EngineError::IdempotencyKeyReused);
                 }
-                let idx = st.find(entry.reservation).ok_or(EngineError::ReservationNotFound)?;
+                let idx = st
+                    .find(entry.reservation)
+                    .ok_or(EngineError::ReservationNotFound)?;
                 let reservation = st
                     .view(&self.catalog, idx)
                     .ok_or(EngineError::ReservationNotFound)?;
@@ -438,7 +445,11 @@ impl Engine {
 
     /// Up to [`ALTERNATIVES_MAX`] caravans of `city` with free seats, other than `except`,
     /// read from the lock-free counters.
-    pub fn alternatives(&self, city: crate::catalog::CityIdx, except: CaravanIdx) -> Vec<CaravanIdx> {
+    pub fn alternatives(
+        &self,
+        city: crate::catalog::CityIdx,
+        except: CaravanIdx,
+    ) -> Vec<CaravanIdx> {
         self.catalog
             .caravans_of_city(city)
             .iter()
@@ -600,8 +611,13 @@ impl Engine {
             }
         };
         let ticket = self.end(p, &mut st, idx, reason, now_ms)?;
-        let view = st.view(&self.catalog, idx).ok_or(EngineError::ReservationNotFound)?;
-        Ok(Committed { value: view, ticket })
+        let view = st
+            .view(&self.catalog, idx)
+            .ok_or(EngineError::ReservationNotFound)?;
+        Ok(Committed {
+            value: view,
+            ticket,
+        })
     }
 
     /// Accepts the waiting-list offer `id` of `holder`: it becomes a hold at the first stage.
@@ -628,10 +644,15 @@ impl Engine {
             deadline_ms,
         };
         let ticket = self.commit(p, &mut st, &record)?;
-        let view = st.view(&self.catalog, idx).ok_or(EngineError::ReservationNotFound)?;
+        let view = st
+            .view(&self.catalog, idx)
+            .ok_or(EngineError::ReservationNotFound)?;
         drop(st);
         self.wake_expiry_if_earlier(deadline_ms);
-        Ok(Committed { value: view, ticket })
+        Ok(Committed {
+            value: view,
+            ticket,
+        })
     }
 
     /// Applies an operator's event to reservation `id`: completes the pending stage (the last
@@ -701,14 +722,22 @@ impl Engine {
                 self.end(p, &mut st, idx, reason, now_ms)?
             }
         };
-        let view = st.view(&self.catalog, idx).ok_or(EngineError::ReservationNotFound)?;
-        Ok(Committed { value: view, ticket })
+        let view = st
+            .view(&self.catalog, idx)
+            .ok_or(EngineError::ReservationNotFound)?;
+        Ok(Committed {
+            value: view,
+            ticket,
+        })
     }
 
     /// Puts `holder` on their province's waiting list (or reports their place if already
     /// there). Refused while the holder's city still has free seats, while they hold a seat,
     /// and whenever they could not reserve by the schedule.
-    pub fn join_waitlist(&self, holder: HolderIdx) -> Result<Committed<WaitlistPlace>, EngineError> {
+    pub fn join_waitlist(
+        &self,
+        holder: HolderIdx,
+    ) -> Result<Committed<WaitlistPlace>, EngineError> {
         let h = self
             .catalog
             .holder(holder)
@@ -903,7 +932,12 @@ impl Engine {
         let mut expired = 0usize;
         let mut last_ticket = None;
         for p in 0..self.shards.len() {
-            if self.shards[p].counters.next_deadline_ms.load(Ordering::Acquire) > now_ms {
+            if self.shards[p]
+                .counters
+                .next_deadline_ms
+                .load(Ordering::Acquire)
+                > now_ms
+            {
                 continue;
             }
             loop {
@@ -1112,4 +1146,3 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     diff == 0
 }
-

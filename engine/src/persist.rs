@@ -21,8 +21,8 @@ use crate::record::{
 };
 use crate::season::{Schedule, Season};
 use crate::shard::{IdempotencyEntry, ShardCounters, ShardState};
-use crate::wal::{self, Storage, TornTail, Wal, WalConfig};
 use crate::waitlist::WaitKey;
+use crate::wal::{self, Storage, TornTail, Wal, WalConfig};
 
 /// Snapshot payload format version.
 const SNAPSHOT_VERSION: u32 = 1;
@@ -119,8 +119,8 @@ impl Engine {
                     last_seq[s] + 1
                 )));
             }
-            let record = Record::decode(rec.kind, &arena[rec.start..rec.start + rec.len])
-                .map_err(&fail)?;
+            let record =
+                Record::decode(rec.kind, &arena[rec.start..rec.start + rec.len]).map_err(&fail)?;
             engine.replay(s, &record).map_err(&fail)?;
             schedule_from_log |= matches!(record, Record::Schedule { .. });
             last_seq[s] = rec.shard_seq;
@@ -248,7 +248,13 @@ impl Engine {
             *cut = r.u64()?;
             let shard = &self.shards[p];
             let mut st = shard.state.lock();
-            decode_shard(&mut r, &mut st, &shard.counters, &self.catalog, &self.caravan_local)?;
+            decode_shard(
+                &mut r,
+                &mut st,
+                &shard.counters,
+                &self.catalog,
+                &self.caravan_local,
+            )?;
             for res in &st.reservations {
                 self.index.insert(res.id, p as ProvinceIdx);
             }
@@ -405,7 +411,8 @@ fn decode_shard(
         }
         counters.waiting.fetch_add(1, Ordering::Relaxed);
     }
-    st.waitlist.set_next_join_seq(next_join_seq.max(st.waitlist.next_join_seq()));
+    st.waitlist
+        .set_next_join_seq(next_join_seq.max(st.waitlist.next_join_seq()));
     let entries = r.u32()? as usize;
     for _ in 0..entries {
         let local = r.u32()?;
@@ -413,12 +420,15 @@ fn decode_shard(
         let caravan = r.u32()?;
         let reservation = ReservationId(r.u128()?);
         let at_ms = r.i64()?;
-        st.idempotency.entry(local).or_default().push(IdempotencyEntry {
-            key,
-            caravan,
-            reservation,
-            at_ms,
-        });
+        st.idempotency
+            .entry(local)
+            .or_default()
+            .push(IdempotencyEntry {
+                key,
+                caravan,
+                reservation,
+                at_ms,
+            });
     }
     Ok(())
 }

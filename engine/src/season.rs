@@ -115,7 +115,8 @@ impl Schedule {
                 }
                 any_open = true;
             } else if calls {
-                next_opening = Some(next_opening.map_or(wave.opens_at_ms, |t| t.min(wave.opens_at_ms)));
+                next_opening =
+                    Some(next_opening.map_or(wave.opens_at_ms, |t| t.min(wave.opens_at_ms)));
             }
         }
         match (any_open, next_opening) {

@@ -178,7 +178,10 @@ impl ShardState {
             .holder(holder)
             .ok_or_else(|| format!("unknown holder index {holder}"))?;
         if h.province != self.province {
-            return Err(format!("holder {holder} is not of province {}", self.province));
+            return Err(format!(
+                "holder {holder} is not of province {}",
+                self.province
+            ));
         }
         Ok(h.local)
     }
@@ -190,7 +193,10 @@ impl ShardState {
             .get(caravan as usize)
             .ok_or_else(|| format!("unknown caravan index {caravan}"))?;
         if c.province != self.province {
-            return Err(format!("caravan {caravan} is not of province {}", self.province));
+            return Err(format!(
+                "caravan {caravan} is not of province {}",
+                self.province
+            ));
         }
         Ok(ctx.caravan_local[caravan as usize] as usize)
     }
@@ -305,7 +311,9 @@ impl ShardState {
                 stage,
                 deadline_ms,
             } => {
-                let idx = self.find(*id).ok_or_else(|| format!("unknown reservation {id}"))?;
+                let idx = self
+                    .find(*id)
+                    .ok_or_else(|| format!("unknown reservation {id}"))?;
                 let r = &mut self.reservations[idx as usize];
                 let was = r.status;
                 if !matches!(was, Status::Held | Status::Offered) {
@@ -381,7 +389,10 @@ impl ShardState {
     }
 
     fn release_seat(&mut self, counters: &ShardCounters, slot: usize) {
-        assert!(self.occupied[slot] > 0, "released a seat that was not taken");
+        assert!(
+            self.occupied[slot] > 0,
+            "released a seat that was not taken"
+        );
         self.occupied[slot] -= 1;
         counters.free[slot].fetch_add(1, Ordering::AcqRel);
         counters.free_total.fetch_add(1, Ordering::AcqRel);
@@ -396,7 +407,9 @@ impl ShardState {
         reason: crate::model::EndReason,
         offer: Option<&Offer>,
     ) -> Result<(), String> {
-        let idx = self.find(id).ok_or_else(|| format!("unknown reservation {id}"))?;
+        let idx = self
+            .find(id)
+            .ok_or_else(|| format!("unknown reservation {id}"))?;
         let (caravan, was) = {
             let r = &self.reservations[idx as usize];
             (r.caravan, r.status)
@@ -408,7 +421,10 @@ impl ShardState {
         if let Some(offer) = offer {
             let local = self.local_holder(ctx, offer.holder)?;
             if !self.waitlist.contains(offer.holder) || self.live_of(local).is_some() {
-                return Err(format!("offer to holder {} who is not waiting", offer.holder));
+                return Err(format!(
+                    "offer to holder {} who is not waiting",
+                    offer.holder
+                ));
             }
             if self.by_id.contains_key(&offer.id) {
                 return Err(format!("reservation id {} reused", offer.id));

@@ -194,14 +194,13 @@ proptest! {
         if !matches!(year, 1502 | 1503 | 1601 | 1602 | 1634) || month < 12 {
             prop_assert_eq!(icu.is_ok(), ours.is_ok());
         }
-        if let (Ok(icu), Ok(ours)) = (icu, ours) {
-            if !icu_disagrees(ours) {
+        if let (Ok(icu), Ok(ours)) = (icu, ours)
+            && !icu_disagrees(ours) {
                 let iso = icu.to_iso();
                 let g = date(iso.extended_year() as i16, iso.month().ordinal as i8, iso.day_of_month().0 as i8);
                 prop_assert_eq!(ours.to_gregorian(), g);
                 prop_assert_eq!(JalaliDate::from_gregorian(g).unwrap(), ours);
             }
-        }
     }
 
     #[test]

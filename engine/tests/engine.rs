@@ -35,7 +35,10 @@ fn world(holders_per_city: u32) -> World {
 
 impl World {
     fn holder(&self, national_id: u64) -> u32 {
-        self.engine.catalog().holder_by_national_id(national_id).unwrap()
+        self.engine
+            .catalog()
+            .holder_by_national_id(national_id)
+            .unwrap()
     }
     fn caravan(&self, id: &str) -> CaravanIdx {
         self.engine.catalog().caravan_by_id(id).unwrap()
@@ -80,10 +83,22 @@ fn eligibility_refusals_name_the_precise_reason() {
     w.clock.set(T0 - 1);
     // The engine's time never goes back, so a fresh engine is needed to be before opening.
     let early = ManualClock::new(T0 - 60_000);
-    let engine =
-        Engine::in_memory(catalog(2), season(), Arc::new(early), EngineConfig::default()).unwrap();
-    let err = engine.reserve(w.holder(1000), w.caravan("a1"), None).unwrap_err();
-    assert!(matches!(err, EngineError::RegistrationNotOpen { opens_at_ms: Some(T0) }));
+    let engine = Engine::in_memory(
+        catalog(2),
+        season(),
+        Arc::new(early),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let err = engine
+        .reserve(w.holder(1000), w.caravan("a1"), None)
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        EngineError::RegistrationNotOpen {
+            opens_at_ms: Some(T0)
+        }
+    ));
     assert_eq!(w.free("a1"), 2, "refusals change nothing");
 }
 
@@ -147,11 +162,18 @@ fn stages_complete_in_order_and_the_last_confirms() {
     // Nothing is pending any more: a long wait expires nothing.
     w.clock.advance(10 * 3_600_000);
     assert_eq!(w.engine.expire_due().unwrap().0, 0);
-    let v = w.engine.operator_event(id, OperatorEvent::MedicalRejected).unwrap().value;
+    let v = w
+        .engine
+        .operator_event(id, OperatorEvent::MedicalRejected)
+        .unwrap()
+        .value;
     assert_eq!(v.status, Status::Rejected);
     assert_eq!(v.end_reason, Some(EndReason::MedicalRejected));
     assert_eq!(w.free("a1"), 2);
-    check_err(w.engine.operator_event(id, OperatorEvent::Deceased), "InvalidTransition");
+    check_err(
+        w.engine.operator_event(id, OperatorEvent::Deceased),
+        "InvalidTransition",
+    );
 }
 
 #[test]
@@ -176,7 +198,8 @@ fn an_event_after_the_deadline_expires_instead_of_completing() {
     let id = w.reserve(1000, "a1").unwrap();
     w.clock.set(T0 + 10_000);
     check_err(
-        w.engine.operator_event(id, OperatorEvent::DocumentsReceived),
+        w.engine
+            .operator_event(id, OperatorEvent::DocumentsReceived),
         "InvalidTransition",
     );
     assert_eq!(w.status(id).0, Status::Expired);
@@ -193,7 +216,11 @@ fn a_clock_stepping_back_neither_resurrects_nor_reorders() {
     assert_eq!(w.status(id).0, Status::Expired);
     let again = w.reserve(1000, "a1").unwrap();
     let view = w.engine.reservation(again).unwrap();
-    assert_eq!(view.created_ms, T0 + 10_000, "engine time did not step back");
+    assert_eq!(
+        view.created_ms,
+        T0 + 10_000,
+        "engine time did not step back"
+    );
 }
 
 #[test]
@@ -222,33 +249,59 @@ fn waiting_list_offers_freed_seats_in_order_and_passes_ignored_offers_on() {
     assert_eq!(p5.position, 1);
     let p3 = w.engine.join_waitlist(w.holder(1003)).unwrap().value;
     assert_eq!(p3.position, 1);
-    assert_eq!(w.engine.waitlist_status(w.holder(1005)).unwrap().position, Some(2));
+    assert_eq!(
+        w.engine.waitlist_status(w.holder(1005)).unwrap().position,
+        Some(2)
+    );
     check_err(w.engine.join_waitlist(w.holder(1000)), "AlreadyReserved");
 
     // A cancellation offers the seat to the head (1003), not to the pool.
     let _ = w.engine.cancel(w.holder(1000), r0).unwrap();
     assert_eq!(w.free("a1"), 0);
-    let offer = w.engine.waitlist_status(w.holder(1003)).unwrap().offer.unwrap();
+    let offer = w
+        .engine
+        .waitlist_status(w.holder(1003))
+        .unwrap()
+        .offer
+        .unwrap();
     assert_eq!(offer.status, Status::Offered);
     assert_eq!(offer.deadline_ms, Some(T0 + 5_000));
-    assert_eq!(w.engine.waitlist_status(w.holder(1005)).unwrap().position, Some(1));
+    assert_eq!(
+        w.engine.waitlist_status(w.holder(1005)).unwrap().position,
+        Some(1)
+    );
 
     // Accept turns the offer into a hold at the first stage.
-    let held = w.engine.accept_offer(w.holder(1003), offer.id).unwrap().value;
-    assert_eq!((held.status, held.stage), (Status::Held, Some(Stage::Documents)));
+    let held = w
+        .engine
+        .accept_offer(w.holder(1003), offer.id)
+        .unwrap()
+        .value;
+    assert_eq!(
+        (held.status, held.stage),
+        (Status::Held, Some(Stage::Documents))
+    );
 
     // Next freed seat goes to 1005, who ignores it: it expires and, nobody waiting, the
     // seat returns to the pool.
     let r3 = held.id;
     let _ = w.engine.cancel(w.holder(1003), r3).unwrap();
-    let offer5 = w.engine.waitlist_status(w.holder(1005)).unwrap().offer.unwrap();
+    let offer5 = w
+        .engine
+        .waitlist_status(w.holder(1005))
+        .unwrap()
+        .offer
+        .unwrap();
     w.clock.advance(4_999);
     assert_eq!(w.engine.expire_due().unwrap().0, 0);
     w.clock.advance(1);
     assert_eq!(w.engine.expire_due().unwrap().0, 1);
     assert_eq!(w.status(offer5.id).0, Status::Expired);
     assert_eq!(w.free("a1"), 1);
-    check_err(w.engine.accept_offer(w.holder(1005), offer5.id), "InvalidTransition");
+    check_err(
+        w.engine.accept_offer(w.holder(1005), offer5.id),
+        "InvalidTransition",
+    );
     w.engine.check_invariants().unwrap();
 }
 
@@ -261,11 +314,21 @@ fn an_ignored_offer_passes_to_the_next_waiting_holder() {
     let _ = w.engine.join_waitlist(w.holder(1003)).unwrap();
     let _ = w.engine.join_waitlist(w.holder(1004)).unwrap();
     let _ = w.engine.cancel(w.holder(1000), r0).unwrap();
-    let first = w.engine.waitlist_status(w.holder(1003)).unwrap().offer.unwrap();
+    let first = w
+        .engine
+        .waitlist_status(w.holder(1003))
+        .unwrap()
+        .offer
+        .unwrap();
     w.clock.advance(5_000);
     assert_eq!(w.engine.expire_due().unwrap().0, 1);
     assert_eq!(w.status(first.id).0, Status::Expired);
-    let second = w.engine.waitlist_status(w.holder(1004)).unwrap().offer.unwrap();
+    let second = w
+        .engine
+        .waitlist_status(w.holder(1004))
+        .unwrap()
+        .offer
+        .unwrap();
     assert_eq!(second.deadline_ms, Some(T0 + 10_000));
     assert_eq!(w.free("a1"), 0);
     // Declining passes it on too; with nobody left, it returns to the pool.
@@ -292,7 +355,10 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
     // Province 2 is in no wave any more.
     let south = w.engine.catalog().holder_by_national_id(1004).unwrap();
     let err = w.engine.reserve(south, w.caravan("c1"), None).unwrap_err();
-    assert!(matches!(err, EngineError::RegistrationNotOpen { opens_at_ms: None }));
+    assert!(matches!(
+        err,
+        EngineError::RegistrationNotOpen { opens_at_ms: None }
+    ));
     w.clock.set(later);
     w.reserve(1000, "a1").unwrap();
     check_err(
@@ -311,9 +377,13 @@ fn confirmed_at_once_when_the_season_has_no_stages() {
     let clock = ManualClock::new(T0);
     let mut s = season();
     s.stages.clear();
-    let engine = Engine::in_memory(catalog(2), s, Arc::new(clock), EngineConfig::default()).unwrap();
+    let engine =
+        Engine::in_memory(catalog(2), s, Arc::new(clock), EngineConfig::default()).unwrap();
     let h = engine.catalog().holder_by_national_id(1000).unwrap();
     let c = engine.catalog().caravan_by_id("a1").unwrap();
     let v = engine.reserve(h, c, None).unwrap().value.reservation;
-    assert_eq!((v.status, v.stage, v.deadline_ms), (Status::Confirmed, None, None));
+    assert_eq!(
+        (v.status, v.stage, v.deadline_ms),
+        (Status::Confirmed, None, None)
+    );
 }

@@ -103,7 +103,10 @@ fn reserve_cancel_and_expire_race_without_losing_a_seat() {
         };
         // A reader that knows the second reservation was made must see at most one free seat.
         if second_done.load(Ordering::Acquire) {
-            assert!(engine.free_seats(a1) <= 1, "reader saw a seat that is taken");
+            assert!(
+                engine.free_seats(a1) <= 1,
+                "reader saw a seat that is taken"
+            );
         }
         canceller.join().unwrap();
         expirer.join().unwrap();

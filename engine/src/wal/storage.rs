@@ -131,10 +131,10 @@ impl Storage for DirStorage {
                 continue;
             }
             // Names that are not UTF-8 cannot be ours; skip them rather than fail.
-            if let Ok(name) = entry.file_name().into_string() {
-                if name != LOCK_FILE_NAME {
-                    names.push(name);
-                }
+            if let Ok(name) = entry.file_name().into_string()
+                && name != LOCK_FILE_NAME
+            {
+                names.push(name);
             }
         }
         Ok(names)

@@ -59,8 +59,16 @@ pub fn catalog(holders_per_city: u32) -> Arc<Catalog> {
             n += 1;
         }
     }
-    b.add_holder(999, "old", "r-old", 10, ReceiptStatus::NeedsConversion, north, a)
-        .unwrap();
+    b.add_holder(
+        999,
+        "old",
+        "r-old",
+        10,
+        ReceiptStatus::NeedsConversion,
+        north,
+        a,
+    )
+    .unwrap();
     b.add_holder(998, "late", "r-late", 200, ReceiptStatus::Valid, north, a)
         .unwrap();
     Arc::new(b.build())

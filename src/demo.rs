@@ -47,8 +47,8 @@ pub struct DemoArgs {
 }
 
 /// Short deadlines, so the demo sees stages expire within seconds.
-const DEMO_STAGE_MS: i64 = 3_000;
-const DEMO_OFFER_MS: i64 = 2_000;
+const DEMO_STAGE_MS: i64 = 8_000;
+const DEMO_OFFER_MS: i64 = 3_000;
 const OPENS_IN_MS: i64 = 1_500;
 
 /// Outcome counters shared by the client threads.
@@ -216,10 +216,15 @@ fn ensure_data_set(data_dir: &Path, args: &DemoArgs) -> anyhow::Result<Option<f6
 }
 
 fn shorten_for_demo(season: &mut Season, opens_at_ms: i64) -> anyhow::Result<()> {
-    let Some(main) = season.schedule.waves.first_mut() else {
+    let Some(main) = season.schedule.waves.first() else {
         bail!("the season has no wave to open");
     };
-    main.opens_at_ms = opens_at_ms;
+    // Every wave moves by the same amount, so later waves stay later (the reserve wave
+    // must not already be open when the main one opens).
+    let shift_ms = opens_at_ms - main.opens_at_ms;
+    for wave in &mut season.schedule.waves {
+        wave.opens_at_ms = wave.opens_at_ms.saturating_add(shift_ms);
+    }
     season.stages = Stage::ALL.iter().map(|s| (*s, DEMO_STAGE_MS)).collect();
     season.offer_deadline_ms = DEMO_OFFER_MS;
     Ok(())
@@ -457,20 +462,30 @@ fn lifecycle(
     catalog: &Catalog,
     held: &[(HolderIdx, ReservationId)],
 ) -> anyhow::Result<LifecycleResult> {
-    let mut documents_received = 0u64;
-    for (i, (_, id)) in held.iter().enumerate() {
-        if i % 2 == 0
-            && let Ok(c) = engine.operator_event(*id, OperatorEvent::DocumentsReceived)
-        {
-            engine.wait(&c)?;
-            documents_received += 1;
-        }
+    // The caravan managers report documents as one pipelined batch: decide them all, then
+    // wait for durability before counting any as acknowledged.
+    let decided: Vec<_> = held
+        .iter()
+        .step_by(2)
+        .filter_map(|(_, id)| engine.operator_event(*id, OperatorEvent::DocumentsReceived).ok())
+        .collect();
+    for c in &decided {
+        engine.wait(c)?;
     }
+    let documents_received = decided.len() as u64;
     let expired_before = engine.stats().expirations;
-    // Let the other half's documents deadline pass: the expiry thread frees their seats.
-    std::thread::sleep(Duration::from_millis(DEMO_STAGE_MS as u64 + 500));
-    let mut offers_made = 0u64;
-    let mut offers_accepted = 0u64;
+    // Let the other half's documents deadline pass: the expiry thread frees their seats and
+    // offers them to waiting holders.
+    let last_deadline = engine
+        .reservations(&Default::default(), 0, usize::MAX)
+        .iter()
+        .filter(|r| r.status == Status::Held && r.stage == Some(Stage::Documents))
+        .filter_map(|r| r.deadline_ms)
+        .max()
+        .unwrap_or(0);
+    let wait_ms = (last_deadline - SystemClock.now_ms() + 300).clamp(0, DEMO_STAGE_MS + 1_000);
+    std::thread::sleep(Duration::from_millis(wait_ms as u64));
+    let mut accepted = Vec::new();
     let offered = engine.reservations(
         &miqat_engine::ReservationFilter {
             status: Some(Status::Offered),
@@ -479,15 +494,15 @@ fn lifecycle(
         0,
         usize::MAX,
     );
-    for (i, offer) in offered.iter().enumerate() {
-        offers_made += 1;
-        if i % 2 == 0
-            && let Ok(c) = engine.accept_offer(offer.holder, offer.id)
-        {
-            engine.wait(&c)?;
-            offers_accepted += 1;
+    for offer in offered.iter().step_by(2) {
+        if let Ok(c) = engine.accept_offer(offer.holder, offer.id) {
+            accepted.push(c);
         }
     }
+    for c in &accepted {
+        engine.wait(c)?;
+    }
+    let (offers_made, offers_accepted) = (offered.len() as u64, accepted.len() as u64);
     let _ = catalog;
     std::thread::sleep(Duration::from_millis(DEMO_OFFER_MS as u64 + 300));
     Ok(LifecycleResult {

@@ -467,7 +467,11 @@ fn lifecycle(
     let decided: Vec<_> = held
         .iter()
         .step_by(2)
-        .filter_map(|(_, id)| engine.operator_event(*id, OperatorEvent::DocumentsReceived).ok())
+        .filter_map(|(_, id)| {
+            engine
+                .operator_event(*id, OperatorEvent::DocumentsReceived)
+                .ok()
+        })
         .collect();
     for c in &decided {
         engine.wait(c)?;

@@ -35,27 +35,52 @@ fn gen_writes_the_same_loadable_data_set_for_the_same_seed() {
     let b = tempfile::tempdir().unwrap();
     let out = gen_into(a.path(), "3");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("900 seats"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("900 seats"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(gen_into(b.path(), "3").status.success());
-    for file in ["provinces.csv", "caravans.csv", "holders.csv", "season.toml"] {
+    for file in [
+        "provinces.csv",
+        "caravans.csv",
+        "holders.csv",
+        "season.toml",
+    ] {
         let left = std::fs::read(a.path().join(file)).unwrap();
         let right = std::fs::read(b.path().join(file)).unwrap();
         assert!(left == right, "{file} differs for the same seed");
     }
     let catalog = miqat_engine::load::load_catalog(a.path()).unwrap();
     assert_eq!(catalog.holder_count(), 5000);
-    let seats: u64 = catalog.caravans().iter().map(|c| u64::from(c.capacity)).sum();
+    let seats: u64 = catalog
+        .caravans()
+        .iter()
+        .map(|c| u64::from(c.capacity))
+        .sum();
     assert_eq!(seats, 900);
 }
 
 #[test]
 fn gen_refuses_bad_arguments_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let out = miqat(&["gen", "--out", dir.path().to_str().unwrap(), "--holders", "0"]);
+    let out = miqat(&[
+        "gen",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--holders",
+        "0",
+    ]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("holders"), "unclear error: {err}");
-    let out = miqat(&["gen", "--out", dir.path().to_str().unwrap(), "--opens-at", "1404/13/01 10:00"]);
+    let out = miqat(&[
+        "gen",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--opens-at",
+        "1404/13/01 10:00",
+    ]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("error"), "{}", text(&out.stderr));
 }
@@ -85,6 +110,9 @@ fn demo_rushes_crashes_recovers_and_checks_every_invariant() {
         "recovery",
         "invariants OK",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
 }

@@ -23,11 +23,7 @@ use miqat_engine::{Engine, EngineConfig};
 const DOCUMENTS_MS: i64 = 72 * HOUR_MS;
 
 /// An engine with every seat of `plan` held, and its clock already past every deadline.
-fn held(
-    catalog: &Arc<Catalog>,
-    season: &Season,
-    plan: &[(HolderIdx, CaravanIdx)],
-) -> Arc<Engine> {
+fn held(catalog: &Arc<Catalog>, season: &Season, plan: &[(HolderIdx, CaravanIdx)]) -> Arc<Engine> {
     let start = season.schedule.waves[0].opens_at_ms + 1;
     let clock = ManualClock::new(start);
     let engine = Engine::in_memory(

@@ -185,7 +185,10 @@ fn make_snapshot_variant(
         usize::MAX,
     );
     let mut tail = 0;
-    for r in held.iter().filter(|r| r.stage.is_some_and(|s| s.as_str() == "documents")) {
+    for r in held
+        .iter()
+        .filter(|r| r.stage.is_some_and(|s| s.as_str() == "documents"))
+    {
         if tail >= TAIL_RECORDS {
             break;
         }
@@ -217,8 +220,22 @@ fn recovery(c: &mut Criterion) {
     eprintln!("recovery/set-up: snapshot variant with a tail of {tail} records");
 
     print_split(&catalog, &season, now_ms, &data, &full);
-    bench_open(c, "open_full_day_log_only", &catalog, &season, now_ms, &full);
-    bench_open(c, "open_snapshot_plus_tail", &catalog, &season, now_ms, &snap);
+    bench_open(
+        c,
+        "open_full_day_log_only",
+        &catalog,
+        &season,
+        now_ms,
+        &full,
+    );
+    bench_open(
+        c,
+        "open_snapshot_plus_tail",
+        &catalog,
+        &season,
+        now_ms,
+        &snap,
+    );
 }
 
 /// Holds the macro-generated group function, which cannot carry a doc comment.

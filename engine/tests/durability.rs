@@ -1,0 +1,255 @@
+//! Durability at the engine's boundary: acknowledged decisions survive crashes, deadlines
+//! that passed while down expire at once, log I/O errors stop acknowledgements, and a damaged
+//! or foreign log is refused with a message that says where.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{T0, catalog, season};
+use miqat_engine::clock::ManualClock;
+use miqat_engine::model::{ReservationId, Status};
+use miqat_engine::persist::RecoveryReport;
+use miqat_engine::season::Wave;
+use miqat_engine::wal::{FaultMode, FaultyStorage, MemStorage, Storage};
+use miqat_engine::{Engine, EngineConfig, EngineError};
+
+fn open(
+    storage: &MemStorage,
+    clock: &ManualClock,
+) -> Result<(Arc<Engine>, RecoveryReport), EngineError> {
+    let storage: Arc<dyn Storage> = Arc::new(storage.clone());
+    Engine::open(
+        catalog(3),
+        season(),
+        Arc::new(clock.clone()),
+        storage,
+        EngineConfig::default(),
+    )
+}
+
+fn reserve(engine: &Engine, national_id: u64, caravan: &str) -> Result<ReservationId, EngineError> {
+    let h = engine.catalog().holder_by_national_id(national_id).unwrap();
+    let c = engine.catalog().caravan_by_id(caravan).unwrap();
+    let decided = engine.reserve(h, c, None)?;
+    engine.wait(&decided)?;
+    Ok(decided.value.reservation.id)
+}
+
+fn segment(storage: &MemStorage) -> String {
+    storage
+        .names()
+        .into_iter()
+        .find(|n| n.starts_with("wal-"))
+        .unwrap()
+}
+
+#[test]
+fn acknowledged_reservations_survive_a_crash_with_and_without_snapshot() {
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    let first = reserve(&engine, 1000, "a1").unwrap();
+    engine.snapshot().unwrap();
+    let second = reserve(&engine, 1001, "a1").unwrap();
+    drop(engine);
+    storage.crash();
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert!(report.snapshot_lsn.is_some());
+    assert_eq!(
+        report.records_replayed, 1,
+        "only the record after the snapshot is replayed"
+    );
+    for id in [first, second] {
+        assert_eq!(engine.reservation(id).unwrap().status, Status::Held);
+    }
+    assert!(matches!(
+        reserve(&engine, 1002, "a1"),
+        Err(EngineError::CaravanFull { .. })
+    ));
+    engine.check_invariants().unwrap();
+}
+
+#[test]
+fn what_expired_while_down_expires_at_once_on_restart() {
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    let id = reserve(&engine, 1000, "a1").unwrap();
+    drop(engine);
+    storage.crash();
+    clock.set(T0 + 25_000);
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert_eq!(report.expired_at_start, 1);
+    let view = engine.reservation(id).unwrap();
+    assert_eq!(view.status, Status::Expired);
+    assert_eq!(view.updated_ms, T0 + 25_000);
+    assert_eq!(
+        engine.free_seats(engine.catalog().caravan_by_id("a1").unwrap()),
+        2
+    );
+    // The expiry itself was logged: a second restart does not expire it again.
+    drop(engine);
+    storage.crash();
+    let (_, report) = open(&storage, &clock).unwrap();
+    assert_eq!(report.expired_at_start, 0);
+}
+
+#[test]
+fn an_fsync_error_stops_every_acknowledgement() {
+    let memory = MemStorage::new();
+    let faulty = FaultyStorage::new(Arc::new(memory.clone()));
+    let clock = ManualClock::new(T0);
+    let storage: Arc<dyn Storage> = Arc::new(faulty.clone());
+    let (engine, _) = Engine::open(
+        catalog(3),
+        season(),
+        Arc::new(clock.clone()),
+        storage,
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let kept = reserve(&engine, 1000, "a1").unwrap();
+    faulty.fail_sync(1, FaultMode::Once);
+    let h = engine.catalog().holder_by_national_id(1001).unwrap();
+    let c = engine.catalog().caravan_by_id("a1").unwrap();
+    let decided = engine.reserve(h, c, None).unwrap();
+    assert!(matches!(
+        engine.wait(&decided),
+        Err(EngineError::LogFailed(_))
+    ));
+    // Fail-stop: even though the next fsync would work, nothing is acknowledged any more.
+    assert!(matches!(
+        reserve(&engine, 1003, "b1"),
+        Err(EngineError::LogFailed(_))
+    ));
+    assert!(matches!(
+        engine.expire_due(),
+        Ok(_) | Err(EngineError::LogFailed(_))
+    ));
+    drop(engine);
+    memory.crash();
+    let (engine, _) = open(&memory, &clock).unwrap();
+    assert_eq!(engine.reservation(kept).unwrap().status, Status::Held);
+    engine.check_invariants().unwrap();
+}
+
+#[test]
+fn a_write_error_stops_every_acknowledgement() {
+    let memory = MemStorage::new();
+    let faulty = FaultyStorage::new(Arc::new(memory.clone()));
+    let storage: Arc<dyn Storage> = Arc::new(faulty.clone());
+    let (engine, _) = Engine::open(
+        catalog(3),
+        season(),
+        Arc::new(ManualClock::new(T0)),
+        storage,
+        EngineConfig::default(),
+    )
+    .unwrap();
+    faulty.fail_write(1, FaultMode::Persistent);
+    assert!(matches!(
+        reserve(&engine, 1000, "a1"),
+        Err(EngineError::LogFailed(_))
+    ));
+    assert!(matches!(
+        reserve(&engine, 1001, "a1"),
+        Err(EngineError::LogFailed(_))
+    ));
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_refuses_start_naming_segment_and_offset() {
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    for (n, caravan) in [(1000, "a1"), (1001, "a1"), (1002, "a2"), (1003, "b1")] {
+        reserve(&engine, n, caravan).unwrap();
+    }
+    drop(engine);
+    storage.crash();
+    let name = segment(&storage);
+    let mut bytes = storage.contents(&name).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    storage.write_whole(&name, &bytes).unwrap();
+    let err = open(&storage, &clock).unwrap_err().to_string();
+    assert!(
+        err.contains(&name) && err.contains("offset"),
+        "unclear refusal: {err}"
+    );
+}
+
+#[test]
+fn a_torn_last_record_is_cut_off_and_the_rest_recovered() {
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    let first = reserve(&engine, 1000, "a1").unwrap();
+    reserve(&engine, 1001, "a1").unwrap();
+    drop(engine);
+    storage.crash();
+    let name = segment(&storage);
+    let bytes = storage.contents(&name).unwrap();
+    storage
+        .write_whole(&name, &bytes[..bytes.len() - 5])
+        .unwrap();
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert!(report.torn_tail.is_some());
+    assert_eq!(engine.reservation(first).unwrap().status, Status::Held);
+    assert_eq!(
+        engine.free_seats(engine.catalog().caravan_by_id("a1").unwrap()),
+        1
+    );
+    engine.check_invariants().unwrap();
+}
+
+#[test]
+fn a_log_of_another_catalog_is_refused() {
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    reserve(&engine, 1000, "a1").unwrap();
+    drop(engine);
+    let other: Arc<dyn Storage> = Arc::new(storage.clone());
+    let err = Engine::open(
+        catalog(4),
+        season(),
+        Arc::new(clock),
+        other,
+        EngineConfig::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, EngineError::Recovery(_)), "{err}");
+}
+
+#[test]
+fn a_replaced_schedule_survives_restart() {
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    let later = T0 + 3_600_000;
+    let c = engine
+        .replace_schedule(vec![Wave {
+            name: "main".into(),
+            receipts_until_day: common::CUTOFF_DAY,
+            opens_at_ms: later,
+            provinces: None,
+        }])
+        .unwrap();
+    engine.wait(&c).unwrap();
+    drop(engine);
+    storage.crash();
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert!(report.schedule_from_log);
+    assert!(matches!(
+        reserve(&engine, 1000, "a1"),
+        Err(EngineError::RegistrationNotOpen { opens_at_ms: Some(t) }) if t == later
+    ));
+    engine.snapshot().unwrap();
+    drop(engine);
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert!(report.schedule_from_log, "kept through a snapshot too");
+    assert_eq!(engine.schedule().waves[0].opens_at_ms, later);
+}

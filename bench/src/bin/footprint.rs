@@ -78,7 +78,7 @@ fn main() {
         println!(
             "| {stage:<26} | {:>9.1} | {:>+11.1} |",
             mib(*rss),
-            mib(rss.saturating_sub(previous)) * if *rss >= previous { 1.0 } else { -1.0 }
+            mib(*rss) - mib(previous)
         );
         previous = *rss;
     }

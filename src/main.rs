@@ -1,6 +1,7 @@
-//! The `miqat` command line: one binary over the engine (`gen`, `demo`).
+//! The `miqat` command line: one binary over the engine and the API (`gen`, `serve`, `demo`).
 
 mod demo;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
         #[arg(long)]
         opens_at: Option<String>,
     },
+    /// Recover from the data directory and serve the HTTP API (see README).
+    Serve(serve::ServeArgs),
     /// The whole story on one machine: generate the data set, open a wave, rush it from many
     /// threads, let deadlines expire, crash, recover from the log, check every invariant, and
     /// print a report.
@@ -44,14 +47,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MIQAT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let (json, default_level) = match &cli.command {
+        Command::Serve(args) => (args.log_format == "json", "info"),
+        _ => (false, "warn"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MIQAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let result = match cli.command {
         Command::Gen {
             out,
@@ -60,6 +70,7 @@ fn main() -> ExitCode {
             seed,
             opens_at,
         } => run_gen(out, holders, seats, seed, opens_at),
+        Command::Serve(args) => serve::run(&args),
         Command::Demo(args) => demo::run(&args),
     };
     match result {

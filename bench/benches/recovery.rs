@@ -147,14 +147,14 @@ fn print_split(catalog: &Arc<Catalog>, season: &Season, now_ms: i64, data: &Path
     let log_bytes: u64 = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
         .map(|e| e.metadata().map_or(0, |m| m.len()))
         .sum();
     drop(engine);
     eprintln!(
         "recovery/split (medians of {RUNS}): load_catalog+load_season {:.1} ms | \
          Engine::in_memory (empty build) {:.1} ms | wal::recover read+check only {:.1} ms \
-         ({frames} frames, {:.1} MiB of .wal files, {:.2} M frames/s) | check_invariants {:.1} ms",
+         ({frames} frames, {:.1} MiB of segments, {:.2} M frames/s) | check_invariants {:.1} ms",
         load.as_secs_f64() * 1e3,
         build.as_secs_f64() * 1e3,
         read.as_secs_f64() * 1e3,

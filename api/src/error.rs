@@ -1,0 +1,311 @@
+//! The API's one error type and its mapping to `application/problem+json` (RFC 9457) with a
+//! stable `code`: every engine refusal and every request defect is turned into HTTP here.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use miqat_engine::EngineError;
+use miqat_engine::calendar::{format_rfc3339_utc, format_tehran_jalali};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::dto::CaravanSummary;
+
+/// An RFC 9457 problem document, as sent.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`: the `code` says what happened.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// A short human-readable summary.
+    pub title: &'static str,
+    /// The HTTP status code.
+    pub status: u16,
+    /// A stable machine-readable code clients branch on.
+    pub code: &'static str,
+    /// What exactly went wrong.
+    pub detail: String,
+    /// `registration_not_open`: when the holder's wave opens (RFC 3339 UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<String>,
+    /// `registration_not_open`: the same instant in Tehran wall clock (Jalali).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opens_at_jalali: Option<String>,
+    /// `caravan_full`, `seats_available`: caravans of the holder's city with free seats.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alternatives: Option<Vec<CaravanSummary>>,
+    /// `already_reserved`: the holder's live reservation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<String>,
+    /// `invalid_field`: the offending field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// `invalid_transition`: where the reservation stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservation_status: Option<&'static str>,
+}
+
+/// Everything a handler can answer with instead of success.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the body is not the JSON asked for.
+    Malformed(String),
+    /// 422: a field is present but not acceptable.
+    InvalidField {
+        /// The field's name.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// 401: missing or wrong operator token.
+    Unauthorized,
+    /// 404 for an unknown route parameter that is not a caravan or reservation.
+    NotFound(&'static str, String),
+    /// 413: the body is larger than the limit.
+    BodyTooLarge(usize),
+    /// 429 with `Retry-After` seconds.
+    RateLimited(u64),
+    /// 503 with `Retry-After` seconds: admission control shed the request.
+    Overloaded(u64),
+    /// 503: recovery is still running.
+    NotReady,
+    /// A refusal (or failure) of the engine, with caravan summaries already resolved.
+    Engine(EngineError, Option<Vec<CaravanSummary>>),
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        ApiError::Engine(e, None)
+    }
+}
+
+impl ApiError {
+    fn problem(&self) -> (StatusCode, Problem, Option<u64>) {
+        let mut p = Problem {
+            kind: "about:blank",
+            title: "",
+            status: 0,
+            code: "",
+            detail: String::new(),
+            opens_at: None,
+            opens_at_jalali: None,
+            alternatives: None,
+            reservation_id: None,
+            field: None,
+            reservation_status: None,
+        };
+        let mut retry_after = None;
+        let status = match self {
+            ApiError::Malformed(detail) => {
+                set(&mut p, "Malformed request", "malformed_request", detail);
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::InvalidField { field, message } => {
+                set(
+                    &mut p,
+                    "Invalid field",
+                    "invalid_field",
+                    &format!("{field}: {message}"),
+                );
+                p.field = Some(field.clone());
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Unauthorized => {
+                set(
+                    &mut p,
+                    "Unauthorized",
+                    "unauthorized",
+                    "operator endpoints need `Authorization: Bearer <token>`",
+                );
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::NotFound(code, detail) => {
+                set(&mut p, "Not found", code, detail);
+                StatusCode::NOT_FOUND
+            }
+            ApiError::BodyTooLarge(limit) => {
+                set(
+                    &mut p,
+                    "Body too large",
+                    "body_too_large",
+                    &format!("request bodies are limited to {limit} bytes"),
+                );
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::RateLimited(seconds) => {
+                set(
+                    &mut p,
+                    "Too many requests",
+                    "rate_limited",
+                    "slow down and retry later",
+                );
+                retry_after = Some(*seconds);
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::Overloaded(seconds) => {
+                set(
+                    &mut p,
+                    "Overloaded",
+                    "overloaded",
+                    "the server is at capacity; retry after the given delay",
+                );
+                retry_after = Some(*seconds);
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::NotReady => {
+                set(
+                    &mut p,
+                    "Not ready",
+                    "not_ready",
+                    "recovery is still running",
+                );
+                retry_after = Some(1);
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Engine(e, alternatives) => {
+                let (status, retry) = engine_problem(&mut p, e, alternatives.clone());
+                retry_after = retry;
+                status
+            }
+        };
+        p.status = status.as_u16();
+        (status, p, retry_after)
+    }
+}
+
+fn set(p: &mut Problem, title: &'static str, code: &'static str, detail: &str) {
+    p.title = title;
+    p.code = code;
+    p.detail = detail.to_owned();
+}
+
+fn engine_problem(
+    p: &mut Problem,
+    e: &EngineError,
+    alternatives: Option<Vec<CaravanSummary>>,
+) -> (StatusCode, Option<u64>) {
+    let detail = e.to_string();
+    let status = match e {
+        EngineError::InvalidCredentials => {
+            set(p, "Invalid credentials", "invalid_credentials", &detail);
+            StatusCode::UNAUTHORIZED
+        }
+        EngineError::ReceiptNeedsConversion => {
+            set(
+                p,
+                "Receipt needs conversion",
+                "receipt_needs_conversion",
+                &detail,
+            );
+            StatusCode::FORBIDDEN
+        }
+        EngineError::RegistrationNotOpen { opens_at_ms } => {
+            set(p, "Registration not open", "registration_not_open", &detail);
+            p.opens_at = opens_at_ms.map(format_rfc3339_utc);
+            p.opens_at_jalali = opens_at_ms.map(format_tehran_jalali);
+            if let Some(jalali) = &p.opens_at_jalali {
+                p.detail = format!("{detail}; it opens at {jalali} Tehran time");
+            }
+            StatusCode::FORBIDDEN
+        }
+        EngineError::NotCalled => {
+            set(p, "Not called", "not_called", &detail);
+            StatusCode::FORBIDDEN
+        }
+        EngineError::ProvinceMismatch => {
+            set(p, "Province mismatch", "province_mismatch", &detail);
+            StatusCode::FORBIDDEN
+        }
+        EngineError::CaravanNotFound => {
+            set(p, "Caravan not found", "caravan_not_found", &detail);
+            StatusCode::NOT_FOUND
+        }
+        EngineError::ReservationNotFound => {
+            set(p, "Reservation not found", "reservation_not_found", &detail);
+            StatusCode::NOT_FOUND
+        }
+        EngineError::CaravanFull { .. } => {
+            set(p, "Caravan is full", "caravan_full", &detail);
+            p.alternatives = Some(alternatives.unwrap_or_default());
+            StatusCode::CONFLICT
+        }
+        EngineError::AlreadyReserved { reservation } => {
+            set(p, "Already reserved", "already_reserved", &detail);
+            p.reservation_id = Some(reservation.to_string());
+            StatusCode::CONFLICT
+        }
+        EngineError::InvalidTransition { status, .. } => {
+            set(p, "Invalid transition", "invalid_transition", &detail);
+            p.reservation_status = Some(status.as_str());
+            StatusCode::CONFLICT
+        }
+        EngineError::IdempotencyKeyReused => {
+            set(
+                p,
+                "Idempotency key reused",
+                "idempotency_key_reused",
+                &detail,
+            );
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        EngineError::SeatsAvailable { .. } => {
+            set(p, "Seats available", "seats_available", &detail);
+            p.alternatives = Some(alternatives.unwrap_or_default());
+            StatusCode::CONFLICT
+        }
+        EngineError::InvalidField { field, message } => {
+            set(
+                p,
+                "Invalid field",
+                "invalid_field",
+                &format!("{field}: {message}"),
+            );
+            p.field = Some((*field).to_owned());
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        EngineError::Overloaded => {
+            set(p, "Overloaded", "overloaded", &detail);
+            return (StatusCode::SERVICE_UNAVAILABLE, Some(1));
+        }
+        EngineError::LogFailed(_) | EngineError::Config(_) | EngineError::Recovery(_) => {
+            // Logged once here: a 5xx is an operator's problem, not the client's.
+            tracing::error!(error = %e, "engine failure");
+            set(
+                p,
+                "Internal error",
+                "internal_error",
+                "the server cannot make decisions durable; nothing was acknowledged",
+            );
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    (status, None)
+}
+
+impl ApiError {
+    /// The stable code this error is sent with (for metrics).
+    pub fn code(&self) -> &'static str {
+        self.problem().1.code
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, problem, retry_after) = self.problem();
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response.extensions_mut().insert(ErrorCode(problem.code));
+        response
+    }
+}
+
+/// The `code` of an error response, left in the response's extensions for metrics and logs.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);

@@ -1,0 +1,680 @@
+//! The HTTP handlers of CONTRACT's API, one per route, each turning a request into one engine
+//! call and its answer into JSON; errors go through [`ApiError`].
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use miqat_engine::calendar::{JalaliDate, parse_national_id, parse_tehran_datetime};
+use miqat_engine::catalog::{CaravanIdx, HolderIdx, Route};
+use miqat_engine::model::{OperatorEvent, ReservationId, Status};
+use miqat_engine::season::Wave;
+use miqat_engine::{EngineError, ReservationFilter};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::dto::{
+    Caravan, CaravanSummary, Credentials, EventRequest, Province, Reservation, ReservationPage,
+    ReserveRequest, Stats, StatusCounts, WaitlistPlace, WaveDto,
+};
+use crate::error::{ApiError, Problem};
+use crate::limits::retry_after_seconds;
+
+/// `Json<T>` whose rejections are our problem documents (400 / 413).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::BodyTooLarge(crate::BODY_BYTES_MAX))
+            }
+            Err(e) => Err(ApiError::Malformed(e.body_text())),
+        }
+    }
+}
+
+fn national_id(text: &str) -> Result<u64, ApiError> {
+    parse_national_id(text).map_err(|e| ApiError::InvalidField {
+        field: "national_id".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Validates the national ID, applies the per-holder rate limit, then authenticates.
+fn authenticate(state: &AppState, national: &str, code: &str) -> Result<HolderIdx, ApiError> {
+    let id = national_id(national)?;
+    if let Err(wait) = state.inner.holder_limiter.check(&id) {
+        return Err(ApiError::RateLimited(retry_after_seconds(wait)));
+    }
+    Ok(state.engine()?.authenticate(id, code)?)
+}
+
+fn header_credentials(state: &AppState, headers: &HeaderMap) -> Result<HolderIdx, ApiError> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .unwrap_or("")
+    };
+    let national = get("x-national-id");
+    if national.is_empty() {
+        return Err(EngineError::InvalidCredentials.into());
+    }
+    authenticate(state, national, get("x-tracking-code"))
+}
+
+fn reservation_id(text: &str) -> Result<ReservationId, ApiError> {
+    ReservationId::parse(text).ok_or(ApiError::Engine(EngineError::ReservationNotFound, None))
+}
+
+fn summaries(state: &AppState, caravans: &[CaravanIdx]) -> Vec<CaravanSummary> {
+    let Ok(engine) = state.engine() else {
+        return Vec::new();
+    };
+    caravans
+        .iter()
+        .map(|&c| CaravanSummary::new(engine.catalog(), c, engine.free_seats(c)))
+        .collect()
+}
+
+/// Resolves caravan alternatives of an engine refusal into summaries.
+fn refusal(state: &AppState, e: EngineError) -> ApiError {
+    match &e {
+        EngineError::CaravanFull { alternatives }
+        | EngineError::SeatsAvailable { alternatives } => {
+            let list = summaries(state, alternatives);
+            ApiError::Engine(e, Some(list))
+        }
+        _ => ApiError::Engine(e, None),
+    }
+}
+
+fn reservation_json(state: &AppState, view: &miqat_engine::model::ReservationView) -> Reservation {
+    Reservation::from_view(&state.inner.catalog, view)
+}
+
+/// `GET /v1/waves`: the registration schedule in force.
+#[utoipa::path(get, path = "/v1/waves", tag = "public",
+    responses((status = 200, body = [WaveDto])))]
+pub async fn waves(State(state): State<AppState>) -> Result<Json<Vec<WaveDto>>, ApiError> {
+    let schedule = state.engine()?.schedule();
+    Ok(Json(
+        schedule.waves.iter().map(WaveDto::from_wave).collect(),
+    ))
+}
+
+/// `GET /v1/provinces`: every province with its seats.
+#[utoipa::path(get, path = "/v1/provinces", tag = "public",
+    responses((status = 200, body = [Province])))]
+pub async fn provinces(State(state): State<AppState>) -> Result<Json<Vec<Province>>, ApiError> {
+    let engine = state.engine()?;
+    let list = engine
+        .catalog()
+        .provinces()
+        .iter()
+        .enumerate()
+        .map(|(p, prov)| Province {
+            id: prov.id,
+            name_en: prov.name_en.clone(),
+            name_fa: prov.name_fa.clone(),
+            seats_total: engine.province_seats_total(p as u16),
+            seats_free: engine.province_free_seats(p as u16),
+        })
+        .collect();
+    Ok(Json(list))
+}
+
+/// Filters of the caravan list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CaravanQuery {
+    /// Only caravans of this city.
+    pub city: Option<String>,
+    /// Only this route: `medina_first` or `medina_second`.
+    pub route: Option<String>,
+    /// Only this price group.
+    pub price_group: Option<String>,
+    /// `true`: only caravans with free seats.
+    pub available: Option<bool>,
+}
+
+/// `GET /v1/provinces/{id}/caravans`: the page everyone refreshes during the rush. Unfiltered,
+/// it is a cached body with a strong `ETag` (`If-None-Match` answers 304).
+#[utoipa::path(get, path = "/v1/provinces/{id}/caravans", tag = "public",
+    params(("id" = u32, Path, description = "Province id"), CaravanQuery),
+    responses((status = 200, body = [Caravan]), (status = 304), (status = 404, body = Problem)))]
+pub async fn province_caravans(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<CaravanQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let engine = state.engine()?;
+    let not_found = || ApiError::NotFound("province_not_found", format!("no province {id:?}"));
+    let province = id
+        .parse::<u32>()
+        .ok()
+        .and_then(|id| engine.catalog().province_by_id(id))
+        .ok_or_else(not_found)?;
+    let Query(query) = query.map_err(|e| ApiError::InvalidField {
+        field: "query".into(),
+        message: e.body_text(),
+    })?;
+    let filtered = query.city.is_some()
+        || query.route.is_some()
+        || query.price_group.is_some()
+        || query.available.is_some();
+    if !filtered {
+        let list = state
+            .inner
+            .cache
+            .get(engine, province)
+            .ok_or_else(not_found)?;
+        let etag = HeaderValue::from_str(&list.etag).unwrap_or(HeaderValue::from_static("\"\""));
+        let matches = headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim() == list.etag || t.trim() == "*")
+            });
+        let mut response = if matches {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            let mut r = list.body.clone().into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        };
+        response.headers_mut().insert(header::ETAG, etag);
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        return Ok(response);
+    }
+    let route = match query.route.as_deref() {
+        None => None,
+        Some(text) => Some(Route::parse(text).ok_or_else(|| ApiError::InvalidField {
+            field: "route".into(),
+            message: "must be medina_first or medina_second".into(),
+        })?),
+    };
+    let catalog = engine.catalog();
+    let list: Vec<Caravan> = catalog
+        .caravans_of_province(province)
+        .iter()
+        .filter(|&&c| {
+            let caravan = &catalog.caravans()[c as usize];
+            query
+                .city
+                .as_deref()
+                .is_none_or(|city| catalog.cities()[caravan.city as usize].name == city.trim())
+                && route.is_none_or(|r| caravan.route == r)
+                && query
+                    .price_group
+                    .as_deref()
+                    .is_none_or(|g| caravan.price_group == g)
+                && (query.available != Some(true) || engine.free_seats(c) > 0)
+        })
+        .map(|&c| Caravan::new(catalog, c, engine.free_seats(c)))
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+/// `GET /v1/caravans/{id}`: one caravan with its free seats.
+#[utoipa::path(get, path = "/v1/caravans/{id}", tag = "public",
+    params(("id" = String, Path, description = "Caravan id")),
+    responses((status = 200, body = Caravan), (status = 404, body = Problem)))]
+pub async fn caravan(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Caravan>, ApiError> {
+    let engine = state.engine()?;
+    let c = engine
+        .catalog()
+        .caravan_by_id(&id)
+        .ok_or(ApiError::Engine(EngineError::CaravanNotFound, None))?;
+    Ok(Json(Caravan::new(
+        engine.catalog(),
+        c,
+        engine.free_seats(c),
+    )))
+}
+
+/// `POST /v1/reservations`: take a seat. The 201 leaves only once the reservation is durable.
+/// A retry with the same `Idempotency-Key` answers the original reservation.
+#[utoipa::path(post, path = "/v1/reservations", tag = "applicant",
+    request_body = ReserveRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes")),
+    responses((status = 201, body = Reservation), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem),
+        (status = 503, body = Problem)))]
+pub async fn reserve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ReserveRequest>,
+) -> Result<Response, ApiError> {
+    let holder = authenticate(&state, &body.national_id, &body.tracking_code)?;
+    let engine = state.engine()?;
+    let caravan = engine
+        .catalog()
+        .caravan_by_id(body.caravan_id.trim())
+        .ok_or(ApiError::Engine(EngineError::CaravanNotFound, None))?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) if v.is_empty() => {
+            return Err(ApiError::InvalidField {
+                field: "Idempotency-Key".into(),
+                message: "must not be empty".into(),
+            });
+        }
+        Some(v) => Some(v.as_bytes()),
+    };
+    // The decision is made and logged in one synchronous call: a client that goes away while
+    // waiting below cannot leave it half-made, and a retry with its key finds it.
+    let decided = engine
+        .reserve(holder, caravan, key)
+        .map_err(|e| refusal(&state, e))?;
+    engine.durable(decided.ticket).await?;
+    let outcome = decided.value;
+    metrics::counter!("miqat_reservations_total", "outcome" => if outcome.replayed { "replayed" } else { "reserved" })
+        .increment(1);
+    let mut response = (
+        StatusCode::CREATED,
+        Json(reservation_json(&state, &outcome.reservation)),
+    )
+        .into_response();
+    if let Ok(location) =
+        HeaderValue::from_str(&format!("/v1/reservations/{}", outcome.reservation.id))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if outcome.replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// `GET /v1/reservations/{id}`: the holder's own reservation (credentials in headers).
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "applicant",
+    params(("id" = String, Path), ("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header)),
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_reservation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Reservation>, ApiError> {
+    let holder = header_credentials(&state, &headers)?;
+    let id = reservation_id(&id)?;
+    let view = state
+        .engine()?
+        .reservation_of(holder, id)
+        .ok_or(ApiError::Engine(EngineError::ReservationNotFound, None))?;
+    Ok(Json(reservation_json(&state, &view)))
+}
+
+/// `DELETE /v1/reservations/{id}`: cancel (or decline an offer); the seat goes to the
+/// waiting list.
+#[utoipa::path(delete, path = "/v1/reservations/{id}", tag = "applicant",
+    params(("id" = String, Path), ("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header)),
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Reservation>, ApiError> {
+    let holder = header_credentials(&state, &headers)?;
+    let id = reservation_id(&id)?;
+    let engine = state.engine()?;
+    let decided = engine.cancel(holder, id)?;
+    engine.durable(decided.ticket).await?;
+    Ok(Json(reservation_json(&state, &decided.value)))
+}
+
+/// `POST /v1/reservations/{id}/accept`: accept a waiting-list offer (credentials in the body,
+/// or in the headers when the body is empty).
+#[utoipa::path(post, path = "/v1/reservations/{id}/accept", tag = "applicant",
+    params(("id" = String, Path)), request_body = Option<Credentials>,
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn accept(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Reservation>, ApiError> {
+    let holder = if body.iter().all(u8::is_ascii_whitespace) {
+        header_credentials(&state, &headers)?
+    } else {
+        let creds: Credentials = parse_body(&body)?;
+        authenticate(&state, &creds.national_id, &creds.tracking_code)?
+    };
+    let id = reservation_id(&id)?;
+    let engine = state.engine()?;
+    let decided = engine.accept_offer(holder, id)?;
+    engine.durable(decided.ticket).await?;
+    Ok(Json(reservation_json(&state, &decided.value)))
+}
+
+fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Malformed(e.to_string()))
+}
+
+/// `POST /v1/waitlist`: join the province's waiting list (only once the holder's city has no
+/// free seat).
+#[utoipa::path(post, path = "/v1/waitlist", tag = "applicant", request_body = Credentials,
+    responses((status = 201, body = WaitlistPlace), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn join_waitlist(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> Result<Response, ApiError> {
+    let holder = authenticate(&state, &body.national_id, &body.tracking_code)?;
+    let engine = state.engine()?;
+    let decided = engine
+        .join_waitlist(holder)
+        .map_err(|e| refusal(&state, e))?;
+    engine.durable(decided.ticket).await?;
+    let place = WaitlistPlace {
+        province_id: engine.catalog().provinces()[usize::from(decided.value.province)].id,
+        position: Some(decided.value.position),
+        offer: None,
+    };
+    Ok((StatusCode::CREATED, Json(place)).into_response())
+}
+
+/// `GET /v1/waitlist/me`: the holder's position, or their open offer.
+#[utoipa::path(get, path = "/v1/waitlist/me", tag = "applicant",
+    params(("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header)),
+    responses((status = 200, body = WaitlistPlace), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn waitlist_me(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<WaitlistPlace>, ApiError> {
+    let holder = header_credentials(&state, &headers)?;
+    let engine = state.engine()?;
+    let status = engine.waitlist_status(holder).ok_or(ApiError::NotFound(
+        "not_waiting",
+        "the holder is not on a waiting list and has no open offer".into(),
+    ))?;
+    Ok(Json(WaitlistPlace {
+        province_id: engine.catalog().provinces()[usize::from(status.province)].id,
+        position: status.position,
+        offer: status.offer.as_ref().map(|v| reservation_json(&state, v)),
+    }))
+}
+
+/// Checks the operator's bearer token in constant time.
+fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    use subtle::ConstantTimeEq;
+    let Some(expected) = state.inner.config.operator_token.as_deref() else {
+        return Err(ApiError::Unauthorized);
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) && !expected.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// `POST /v1/reservations/{id}/events` (operator): complete the pending stage, or end the
+/// registration (`medical_rejected`, `deceased`).
+#[utoipa::path(post, path = "/v1/reservations/{id}/events", tag = "operator",
+    params(("id" = String, Path)), request_body = EventRequest, security(("bearer" = [])),
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn event(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<EventRequest>,
+) -> Result<Json<Reservation>, ApiError> {
+    operator(&state, &headers)?;
+    let kind = OperatorEvent::parse(body.kind.trim()).ok_or_else(|| ApiError::InvalidField {
+        field: "kind".into(),
+        message: format!("unknown event {:?}", body.kind),
+    })?;
+    let id = reservation_id(&id)?;
+    let engine = state.engine()?;
+    let decided = engine.operator_event(id, kind)?;
+    engine.durable(decided.ticket).await?;
+    Ok(Json(reservation_json(&state, &decided.value)))
+}
+
+/// Filters and paging of the operator's reservation list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AdminQuery {
+    /// Province id.
+    pub province: Option<u32>,
+    /// Caravan id.
+    pub caravan: Option<String>,
+    /// Status.
+    pub status: Option<String>,
+    /// Reservations to skip.
+    pub offset: Option<usize>,
+    /// Page size (default 1,000, at most 10,000; CSV exports are not paged by default).
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/admin/reservations` (operator): JSON pages, or CSV with `Accept: text/csv`.
+#[utoipa::path(get, path = "/v1/admin/reservations", tag = "operator", params(AdminQuery),
+    security(("bearer" = [])),
+    responses((status = 200, body = ReservationPage), (status = 401, body = Problem), (status = 422, body = Problem)))]
+pub async fn admin_reservations(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<AdminQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    operator(&state, &headers)?;
+    let Query(q) = query.map_err(|e| ApiError::InvalidField {
+        field: "query".into(),
+        message: e.body_text(),
+    })?;
+    let engine = state.engine()?;
+    let catalog = engine.catalog();
+    let invalid = |field: &str, message: &str| ApiError::InvalidField {
+        field: field.into(),
+        message: message.into(),
+    };
+    let filter = ReservationFilter {
+        province: match q.province {
+            None => None,
+            Some(id) => Some(
+                catalog
+                    .province_by_id(id)
+                    .ok_or_else(|| invalid("province", "unknown province"))?,
+            ),
+        },
+        caravan: match q.caravan.as_deref() {
+            None => None,
+            Some(id) => Some(
+                catalog
+                    .caravan_by_id(id)
+                    .ok_or_else(|| invalid("caravan", "unknown caravan"))?,
+            ),
+        },
+        status: match q.status.as_deref() {
+            None => None,
+            Some(s) => Some(Status::parse(s).ok_or_else(|| invalid("status", "unknown status"))?),
+        },
+    };
+    let csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"));
+    let offset = q.offset.unwrap_or(0);
+    let limit = if csv {
+        q.limit.unwrap_or(usize::MAX)
+    } else {
+        q.limit.unwrap_or(1_000).min(10_000)
+    };
+    let views = engine.reservations(&filter, offset, limit);
+    let items: Vec<Reservation> = views.iter().map(|v| reservation_json(&state, v)).collect();
+    if csv {
+        let mut out = String::from(
+            "id,national_id,caravan_id,province_id,status,stage,deadline,created_at,updated_at,end_reason\n",
+        );
+        for r in &items {
+            out.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{}\n",
+                r.id,
+                r.national_id,
+                csv_field(&r.caravan_id),
+                r.province_id,
+                r.status,
+                r.stage.unwrap_or(""),
+                r.deadline.as_deref().unwrap_or(""),
+                r.created_at,
+                r.updated_at,
+                r.end_reason.unwrap_or("")
+            ));
+        }
+        let mut response = out.into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        return Ok(response);
+    }
+    let next_offset = (items.len() == limit).then_some(offset + limit);
+    Ok(Json(ReservationPage {
+        items,
+        offset,
+        limit,
+        next_offset,
+    })
+    .into_response())
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// `GET /v1/admin/stats` (operator): engine-wide counts.
+#[utoipa::path(get, path = "/v1/admin/stats", tag = "operator", security(("bearer" = [])),
+    responses((status = 200, body = Stats), (status = 401, body = Problem)))]
+pub async fn admin_stats(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Stats>, ApiError> {
+    operator(&state, &headers)?;
+    let engine = state.engine()?;
+    let s = engine.stats();
+    let wal = engine.wal_stats().unwrap_or_default();
+    Ok(Json(Stats {
+        seats_total: s.seats_total,
+        seats_free: s.seats_free,
+        reservations: StatusCounts {
+            offered: s.by_status[0],
+            held: s.by_status[1],
+            confirmed: s.by_status[2],
+            cancelled: s.by_status[3],
+            expired: s.by_status[4],
+            rejected: s.by_status[5],
+        },
+        waiting: s.waiting,
+        expirations: s.expirations,
+        log_records: wal.records_written,
+        log_fsyncs: wal.fsyncs,
+    }))
+}
+
+/// `PUT /v1/admin/waves` (operator): replace the schedule (a postponement); logged, and it
+/// survives restarts.
+#[utoipa::path(put, path = "/v1/admin/waves", tag = "operator", request_body = [WaveDto],
+    security(("bearer" = [])),
+    responses((status = 200, body = [WaveDto]), (status = 401, body = Problem), (status = 422, body = Problem)))]
+pub async fn replace_waves(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Vec<WaveDto>>,
+) -> Result<Json<Vec<WaveDto>>, ApiError> {
+    operator(&state, &headers)?;
+    let mut waves = Vec::with_capacity(body.len());
+    for (i, w) in body.iter().enumerate() {
+        let field = |name: &str| format!("[{i}].{name}");
+        let receipts =
+            JalaliDate::parse(&w.receipts_until).map_err(|e| ApiError::InvalidField {
+                field: field("receipts_until"),
+                message: e.to_string(),
+            })?;
+        let opens_at_ms =
+            parse_tehran_datetime(&w.opens_at).map_err(|e| ApiError::InvalidField {
+                field: field("opens_at"),
+                message: e.to_string(),
+            })?;
+        if w.name.trim().is_empty() {
+            return Err(ApiError::InvalidField {
+                field: field("name"),
+                message: "must not be empty".into(),
+            });
+        }
+        waves.push(Wave {
+            name: w.name.trim().to_owned(),
+            receipts_until_day: receipts.to_day_number(),
+            opens_at_ms,
+            provinces: w.provinces.clone(),
+        });
+    }
+    let engine = state.engine()?;
+    let decided = engine.replace_schedule(waves)?;
+    engine.durable(decided.ticket).await?;
+    tracing::info!(waves = body.len(), "schedule replaced by an operator");
+    Ok(Json(
+        engine
+            .schedule()
+            .waves
+            .iter()
+            .map(WaveDto::from_wave)
+            .collect(),
+    ))
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: recovery is done and requests are accepted.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.engine().is_ok() {
+        "ready\n".into_response()
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}
+
+/// The client address a request came from, when the server knows it.
+pub fn client_addr(req: &Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}

@@ -1,0 +1,190 @@
+//! `miqat serve`: load the data set, recover the engine from its data directory, and serve the
+//! HTTP API until SIGTERM or SIGINT, then drain, snapshot, flush and exit 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use miqat_api::limits::Rate;
+use miqat_api::server::{ServeOptions, serve};
+use miqat_api::{ApiConfig, AppState, app};
+use miqat_engine::clock::SystemClock;
+use miqat_engine::load::{load_catalog, load_season};
+use miqat_engine::wal::{DirStorage, Durability};
+use miqat_engine::{Engine, EngineConfig};
+
+/// Options of `miqat serve`; every one also reads an environment variable.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The data set: provinces.csv, caravans.csv, holders.csv (and season.toml).
+    #[arg(long, env = "MIQAT_CATALOG")]
+    pub catalog: PathBuf,
+    /// Where the write-ahead log and snapshots live (created if missing).
+    #[arg(long, env = "MIQAT_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "MIQAT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The season file (default: season.toml in the catalog folder).
+    #[arg(long, env = "MIQAT_SEASON")]
+    pub season: Option<PathBuf>,
+    /// `fsync` (default): acknowledge only durable decisions. `none`: benchmarks only.
+    #[arg(long, env = "MIQAT_DURABILITY", default_value = "fsync", value_parser = ["fsync", "none"])]
+    pub durability: String,
+    /// Requests in flight at most; past it, 503 overloaded at once.
+    #[arg(long, env = "MIQAT_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Requests per second per national ID (applicant endpoints); 0 disables.
+    #[arg(long, env = "MIQAT_HOLDER_RATE", default_value_t = 5.0)]
+    pub holder_rate: f64,
+    /// Burst per national ID.
+    #[arg(long, env = "MIQAT_HOLDER_BURST", default_value_t = 20)]
+    pub holder_burst: u32,
+    /// Requests per second per client address; 0 (default) disables (behind a proxy every
+    /// request shares its address).
+    #[arg(long, env = "MIQAT_CLIENT_RATE", default_value_t = 0.0)]
+    pub client_rate: f64,
+    /// Burst per client address.
+    #[arg(long, env = "MIQAT_CLIENT_BURST", default_value_t = 100)]
+    pub client_burst: u32,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "MIQAT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+/// Runs the server; returns when it has shut down cleanly.
+pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("miqat-http")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_async(args.clone()))
+}
+
+async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ])
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let durability = match args.durability.as_str() {
+        "none" => {
+            tracing::warn!(
+                "DURABILITY IS OFF (--durability none): acknowledged reservations can be lost \
+                 on a crash. For benchmarks only."
+            );
+            eprintln!("miqat: WARNING: --durability none: acknowledgements are NOT durable");
+            Durability::None
+        }
+        _ => Durability::Fsync,
+    };
+    let catalog = Arc::new(
+        load_catalog(&args.catalog)
+            .with_context(|| format!("loading the data set in {}", args.catalog.display()))?,
+    );
+    let season_path = args
+        .season
+        .clone()
+        .unwrap_or_else(|| args.catalog.join("season.toml"));
+    let season = load_season(&season_path, &catalog)?;
+    let token = std::env::var("MIQAT_OPERATOR_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    if token.is_none() {
+        tracing::warn!("MIQAT_OPERATOR_TOKEN is not set: operator endpoints answer 401");
+    }
+    let config = ApiConfig {
+        operator_token: token,
+        max_in_flight: args.max_in_flight,
+        per_holder: Rate {
+            per_second: args.holder_rate,
+            burst: args.holder_burst,
+        },
+        per_client: Rate {
+            per_second: args.client_rate,
+            burst: args.client_burst,
+        },
+        ..ApiConfig::default()
+    };
+    let state = AppState::new(Arc::clone(&catalog), config, Some(metrics));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "listening; recovering");
+    eprintln!("miqat: listening on http://{}", listener.local_addr()?);
+
+    // Recovery runs off the runtime: /healthz answers meanwhile, /readyz says 503.
+    let storage = Arc::new(DirStorage::open(&args.data_dir)?);
+    let recovering = {
+        let catalog = Arc::clone(&catalog);
+        tokio::task::spawn_blocking(move || {
+            Engine::open(
+                catalog,
+                season,
+                Arc::new(SystemClock),
+                storage,
+                EngineConfig {
+                    durability,
+                    ..EngineConfig::default()
+                },
+            )
+        })
+    };
+    let router = app(state.clone());
+    let server = tokio::spawn(serve(
+        listener,
+        router,
+        ServeOptions::default(),
+        shutdown_signal(),
+    ));
+    let (engine, report) = recovering.await.context("recovery task")??;
+    let expiry = engine.spawn_expiry_thread(Duration::from_millis(100))?;
+    tracing::info!(
+        replayed = report.records_replayed,
+        expired_at_start = report.expired_at_start,
+        elapsed_ms = report.elapsed_ms,
+        "ready"
+    );
+    eprintln!(
+        "miqat: ready ({} records replayed in {} ms)",
+        report.records_replayed, report.elapsed_ms
+    );
+    state.set_engine(Arc::clone(&engine));
+    server.await.context("server task")??;
+    eprintln!("miqat: draining done; flushing the log");
+    let shutdown = tokio::task::spawn_blocking(move || {
+        let result = engine.shutdown();
+        let _ = expiry.join();
+        result
+    });
+    shutdown.await.context("shutdown task")??;
+    eprintln!("miqat: stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal: no new connections; finishing in-flight requests");
+}

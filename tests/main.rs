@@ -116,3 +116,6 @@ fn demo_rushes_crashes_recovers_and_checks_every_invariant() {
         );
     }
 }
+
+mod server;
+mod support;

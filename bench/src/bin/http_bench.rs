@@ -59,9 +59,7 @@ fn trivial_router(caravans_body: Bytes) -> axum::Router {
     axum::Router::new()
         .route(
             "/v1/reservations",
-            post(|Json(body): Json<ReserveBody>| async move {
-                (StatusCode::CREATED, Json(body))
-            }),
+            post(|Json(body): Json<ReserveBody>| async move { (StatusCode::CREATED, Json(body)) }),
         )
         .route(
             "/v1/provinces/{id}/caravans",

@@ -199,8 +199,9 @@ pub struct WaveDto {
     pub receipts_until: String,
     /// Opening instant: RFC 3339, or Tehran wall clock `yyyy/mm/dd HH:MM` (Jalali) on input.
     pub opens_at: String,
-    /// The opening in Tehran wall clock, Jalali (output only).
-    #[serde(default, skip_deserializing)]
+    /// The opening in Tehran wall clock, Jalali (ignored on input, so a schedule read with
+    /// `GET /v1/waves` can be edited and sent back).
+    #[serde(default)]
     pub opens_at_jalali: String,
     /// Province ids this wave opens; absent or null for every province.
     #[serde(default)]

@@ -60,6 +60,8 @@ pub enum ApiError {
     Unauthorized,
     /// 404 for an unknown route parameter that is not a caravan or reservation.
     NotFound(&'static str, String),
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
     /// 413: the body is larger than the limit.
     BodyTooLarge(usize),
     /// 429 with `Retry-After` seconds.
@@ -121,6 +123,15 @@ impl ApiError {
             ApiError::NotFound(code, detail) => {
                 set(&mut p, "Not found", code, detail);
                 StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => {
+                set(
+                    &mut p,
+                    "Method not allowed",
+                    "method_not_allowed",
+                    "this route does not take that method",
+                );
+                StatusCode::METHOD_NOT_ALLOWED
             }
             ApiError::BodyTooLarge(limit) => {
                 set(

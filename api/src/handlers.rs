@@ -44,6 +44,23 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A path id; an id that is not valid UTF-8 cannot name anything, so it answers 404.
+pub struct PathId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(PathId(id)),
+            Err(e) => Err(ApiError::NotFound("not_found", e.body_text())),
+        }
+    }
+}
+
 fn national_id(text: &str) -> Result<u64, ApiError> {
     parse_national_id(text).map_err(|e| ApiError::InvalidField {
         field: "national_id".into(),
@@ -64,7 +81,7 @@ fn header_credentials(state: &AppState, headers: &HeaderMap) -> Result<HolderIdx
     let get = |name: &str| {
         headers
             .get(name)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
             .map(str::trim)
             .unwrap_or("")
     };
@@ -157,7 +174,7 @@ pub struct CaravanQuery {
     responses((status = 200, body = [Caravan]), (status = 304), (status = 404, body = Problem)))]
 pub async fn province_caravans(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     query: Result<Query<CaravanQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -241,7 +258,7 @@ pub async fn province_caravans(
     responses((status = 200, body = Caravan), (status = 404, body = Problem)))]
 pub async fn caravan(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Caravan>, ApiError> {
     let engine = state.engine()?;
     let c = engine
@@ -318,7 +335,7 @@ pub async fn reserve(
     responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_reservation(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
 ) -> Result<Json<Reservation>, ApiError> {
     let holder = header_credentials(&state, &headers)?;
@@ -338,7 +355,7 @@ pub async fn get_reservation(
         (status = 409, body = Problem)))]
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
 ) -> Result<Json<Reservation>, ApiError> {
     let holder = header_credentials(&state, &headers)?;
@@ -357,10 +374,17 @@ pub async fn cancel(
         (status = 409, body = Problem)))]
 pub async fn accept(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Reservation>, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge(crate::BODY_BYTES_MAX)
+        } else {
+            ApiError::Malformed(e.body_text())
+        }
+    })?;
     let holder = if body.iter().all(u8::is_ascii_whitespace) {
         header_credentials(&state, &headers)?
     } else {
@@ -448,7 +472,7 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn event(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     headers: HeaderMap,
     ApiJson(body): ApiJson<EventRequest>,
 ) -> Result<Json<Reservation>, ApiError> {
@@ -528,9 +552,9 @@ pub async fn admin_reservations(
         .is_some_and(|v| v.contains("text/csv"));
     let offset = q.offset.unwrap_or(0);
     let limit = if csv {
-        q.limit.unwrap_or(usize::MAX)
+        q.limit.unwrap_or(usize::MAX).max(1)
     } else {
-        q.limit.unwrap_or(1_000).min(10_000)
+        q.limit.unwrap_or(1_000).clamp(1, 10_000)
     };
     let views = engine.reservations(&filter, offset, limit);
     let items: Vec<Reservation> = views.iter().map(|v| reservation_json(&state, v)).collect();
@@ -560,7 +584,7 @@ pub async fn admin_reservations(
         );
         return Ok(response);
     }
-    let next_offset = (items.len() == limit).then_some(offset + limit);
+    let next_offset = (items.len() == limit).then(|| offset.saturating_add(limit));
     Ok(Json(ReservationPage {
         items,
         offset,

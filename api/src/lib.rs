@@ -141,6 +141,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/admin/stats", get(handlers::admin_stats))
         .route("/v1/admin/waves", put(handlers::replace_waves))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), admit));
     Router::new()
         .route("/healthz", get(handlers::healthz))
@@ -148,6 +149,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi::serve))
         .merge(v1)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(observe))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
@@ -155,6 +157,10 @@ pub fn app(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("not_found", "no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// Admission control and the per-client rate limit, before any work is done.

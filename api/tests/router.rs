@@ -1925,7 +1925,7 @@ async fn medical_rejection_rejects_and_frees_the_seat_for_the_waiting_list() {
     let id = fx.reserve_ok(&b(0), "b1").await;
     fx.join(&b(1)).await;
     let before = fx.get("/v1/provinces").await.body[0]["seats_free"].clone();
-    // Not before the medical stage? The contract lets it end a hold at any stage.
+    // A hold still at the documents stage can be rejected.
     let r = fx.event(&id, "medical_rejected").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["status"], "rejected");
@@ -1974,7 +1974,8 @@ async fn an_event_for_an_expired_reservation_is_409() {
     assert_eq!(fx.seats_free("a1").await, 2);
 }
 
-/// Three held in province 1 (a1, a1, b1), one confirmed in a2... built for the admin reads.
+/// Five reservations for the admin reads, in creation order: a0 and a1 hold a1, a2 is
+/// confirmed in a2, b0 cancelled b1, c0 holds c1.
 async fn admin_fixture() -> (Fx, Vec<String>) {
     let fx = Fx::new();
     let mut ids = Vec::new();
@@ -2151,29 +2152,40 @@ async fn admin_reservations_with_bad_filters_are_422() {
 #[tokio::test]
 async fn admin_stats_count_seats_and_reservations() {
     let (fx, _ids) = admin_fixture().await;
-    // One more waiting, one expired.
+    let stats = || async { fx.as_operator(Method::GET, "/v1/admin/stats", None).await };
+    let r = stats().await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        r.body,
+        json!({
+            "seats_total": 13,
+            "seats_free": 9,
+            "reservations": {"offered": 0, "held": 3, "confirmed": 1, "cancelled": 1,
+                             "expired": 0, "rejected": 0},
+            "waiting": 0,
+            "expirations": 0,
+            "log_records": 0,
+            "log_fsyncs": 0,
+        })
+    );
+    // City B full again, one waiter; then every hold's documents deadline passes: the held
+    // a0, a1, c0 and b1 expire, b2 gets b1's seat as an offer, the confirmed a2 stays.
     fx.reserve_ok(&b(1), "b1").await;
     assert_eq!(fx.join(&b(2)).await.status, StatusCode::CREATED);
-    fx.clock.advance(DOCUMENTS_MS);
-    let expired = fx.engine.expire_due().unwrap().0;
-    assert!(expired >= 1);
-    let r = fx.as_operator(Method::GET, "/v1/admin/stats", None).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let s = &r.body;
-    assert_eq!(s["seats_total"], 13);
-    // Held a0, a1 (a1), c0 (c1) and b1 expired at the same time; b2 got b1 as an offer;
-    // a2 is confirmed.
-    assert_eq!(s["reservations"]["confirmed"], 1);
-    assert_eq!(s["reservations"]["cancelled"], 1);
-    assert_eq!(s["reservations"]["expired"], 4);
-    assert_eq!(s["reservations"]["held"], 0);
-    assert_eq!(s["reservations"]["offered"], 1);
-    assert_eq!(s["reservations"]["rejected"], 0);
-    assert_eq!(s["waiting"], 0);
-    assert_eq!(s["expirations"], 4);
-    assert_eq!(s["seats_free"], 13 - 2);
-    assert_eq!(s["log_records"], 0);
-    assert_eq!(s["log_fsyncs"], 0);
+    let r = stats().await;
+    assert_eq!(r.body["waiting"], 1);
+    assert_eq!(r.body["reservations"]["held"], 4);
+    assert_eq!(r.body["seats_free"], 8);
+    assert_eq!(fx.advance_and_expire(DOCUMENTS_MS), 4);
+    let r = stats().await;
+    assert_eq!(
+        r.body["reservations"],
+        json!({"offered": 1, "held": 0, "confirmed": 1, "cancelled": 1, "expired": 4,
+               "rejected": 0})
+    );
+    assert_eq!(r.body["waiting"], 0);
+    assert_eq!(r.body["expirations"], 4);
+    assert_eq!(r.body["seats_free"], 11);
 }
 
 fn wave_json(opens_at: &str, provinces: Option<Vec<u32>>) -> Value {

@@ -590,6 +590,18 @@ impl Engine {
         Ok((p, st, idx))
     }
 
+    fn committed_view(
+        &self,
+        st: &ShardState,
+        idx: u32,
+        ticket: Option<Ticket>,
+    ) -> Result<Committed<ReservationView>, EngineError> {
+        let value = st
+            .view(&self.catalog, idx)
+            .ok_or(EngineError::ReservationNotFound)?;
+        Ok(Committed { value, ticket })
+    }
+
     /// Cancels the holder's reservation `id` (declines it, if it is an offer); its seat goes
     /// to the waiting list or back to the pool.
     pub fn cancel(
@@ -611,13 +623,7 @@ impl Engine {
             }
         };
         let ticket = self.end(p, &mut st, idx, reason, now_ms)?;
-        let view = st
-            .view(&self.catalog, idx)
-            .ok_or(EngineError::ReservationNotFound)?;
-        Ok(Committed {
-            value: view,
-            ticket,
-        })
+        self.committed_view(&st, idx, ticket)
     }
 
     /// Accepts the waiting-list offer `id` of `holder`: it becomes a hold at the first stage.
@@ -722,13 +728,7 @@ impl Engine {
                 self.end(p, &mut st, idx, reason, now_ms)?
             }
         };
-        let view = st
-            .view(&self.catalog, idx)
-            .ok_or(EngineError::ReservationNotFound)?;
-        Ok(Committed {
-            value: view,
-            ticket,
-        })
+        self.committed_view(&st, idx, ticket)
     }
 
     /// Puts `holder` on their province's waiting list (or reports their place if already

@@ -56,18 +56,19 @@ impl Status {
         }
     }
 
+    /// Every status, in on-disk code order.
+    pub const ALL: [Status; 6] = [
+        Status::Offered,
+        Status::Held,
+        Status::Confirmed,
+        Status::Cancelled,
+        Status::Expired,
+        Status::Rejected,
+    ];
+
     /// Parses the contract's spelling; returns `None` for anything else.
     pub fn parse(text: &str) -> Option<Status> {
-        [
-            Status::Offered,
-            Status::Held,
-            Status::Confirmed,
-            Status::Cancelled,
-            Status::Expired,
-            Status::Rejected,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     /// Whether a reservation in this status occupies a seat.

@@ -316,15 +316,6 @@ fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
     }
 }
 
-const STATUSES: [Status; 6] = [
-    Status::Offered,
-    Status::Held,
-    Status::Confirmed,
-    Status::Cancelled,
-    Status::Expired,
-    Status::Rejected,
-];
-
 fn decode_shard(
     r: &mut Reader<'_>,
     st: &mut ShardState,
@@ -339,7 +330,7 @@ fn decode_shard(
         let holder = r.u32()?;
         let caravan = r.u32()?;
         let status_code = r.u8()?;
-        let status = *STATUSES
+        let status = *Status::ALL
             .get(usize::from(status_code))
             .ok_or_else(|| format!("unknown status {status_code}"))?;
         let stage = r.stage()?;

@@ -161,6 +161,24 @@ pub struct Holder<'a> {
     pub local: u32,
 }
 
+/// The fixed-size facts of one deposit holder: what decisions need, without touching the
+/// text arena (whose bytes would cost a cache miss per string on the hot path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HolderFacts {
+    /// The 10-digit national ID as a number.
+    pub national_id: u64,
+    /// The receipt's deposit date as days since 1970-01-01.
+    pub receipt_day: i32,
+    /// Whether the receipt must be converted first.
+    pub receipt_status: ReceiptStatus,
+    /// Province of dispatch.
+    pub province: ProvinceIdx,
+    /// City of dispatch.
+    pub city: CityIdx,
+    /// The holder's index among the holders of its province.
+    pub local: u32,
+}
+
 /// The immutable catalog. Build it with [`CatalogBuilder`].
 #[derive(Debug, Default)]
 pub struct Catalog {
@@ -249,6 +267,19 @@ impl Catalog {
             national_id: row.national_id,
             tracking_code: self.span(row.tracking_code),
             receipt_no: self.span(row.receipt_no),
+            receipt_day: row.receipt_day,
+            receipt_status: row.status,
+            province: row.province,
+            city: row.city,
+            local: row.local,
+        })
+    }
+
+    /// The fixed-size facts of the holder at `idx`, or `None` if `idx` is out of range.
+    pub fn holder_facts(&self, idx: HolderIdx) -> Option<HolderFacts> {
+        let row = self.holders.get(idx as usize)?;
+        Some(HolderFacts {
+            national_id: row.national_id,
             receipt_day: row.receipt_day,
             receipt_status: row.status,
             province: row.province,

@@ -115,7 +115,7 @@ pub struct Engine {
     /// The schedule as the global shard sees it; its WAL shard index is `shards.len()`.
     pub(crate) global: Mutex<Arc<Schedule>>,
     pub(crate) caravan_local: Vec<u32>,
-    pub(crate) index: DashMap<ReservationId, ProvinceIdx>,
+    pub(crate) index: DashMap<ReservationId, ProvinceIdx, rustc_hash::FxBuildHasher>,
     pub(crate) wal: Option<Arc<Wal>>,
     pub(crate) rng: Box<[CachePadded<parking_lot::Mutex<ChaCha12Rng>>]>,
     last_now_ms: AtomicI64,
@@ -128,6 +128,9 @@ pub struct Engine {
     pub(crate) schedule_in_snapshot: bool,
     pub(crate) snapshot_lock: parking_lot::Mutex<()>,
     expiry_wake: (parking_lot::Mutex<bool>, parking_lot::Condvar),
+    /// When the expiry thread plans to wake next; a decision wakes it earlier only if its
+    /// deadline comes before that (so the rush does not touch the thread's lock).
+    expiry_planned_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -204,6 +207,7 @@ impl Engine {
             })
             .collect();
         let now_ms = clock.now_ms();
+        let seats_total: usize = catalog.caravans().iter().map(|c| c.capacity as usize).sum();
         Ok(Engine {
             catalog,
             season,
@@ -212,7 +216,11 @@ impl Engine {
             shards,
             global: Mutex::new(schedule),
             caravan_local,
-            index: DashMap::new(),
+            // Sized for a day of seats changing hands a few times, so the rush never rehashes.
+            index: DashMap::with_capacity_and_hasher(
+                seats_total.saturating_mul(4),
+                rustc_hash::FxBuildHasher,
+            ),
             wal,
             rng,
             last_now_ms: AtomicI64::new(now_ms),
@@ -223,6 +231,7 @@ impl Engine {
             schedule_in_snapshot: false,
             snapshot_lock: parking_lot::Mutex::new(()),
             expiry_wake: (parking_lot::Mutex::new(false), parking_lot::Condvar::new()),
+            expiry_planned_ms: AtomicI64::new(i64::MIN),
         })
     }
 
@@ -241,6 +250,11 @@ impl Engine {
     /// clock stepping back cannot reorder decisions or bring a deadline back.
     pub fn now_ms(&self) -> i64 {
         let now = self.clock.now_ms();
+        // A read first: the shared line is written only when time moved, not per decision.
+        let before = self.last_now_ms.load(Ordering::Acquire);
+        if now <= before {
+            return before;
+        }
         let before = self.last_now_ms.fetch_max(now, Ordering::AcqRel);
         now.max(before)
     }
@@ -335,7 +349,7 @@ impl Engine {
     ) -> Result<Committed<ReserveOutcome>, EngineError> {
         let h = self
             .catalog
-            .holder(holder)
+            .holder_facts(holder)
             .ok_or(EngineError::InvalidCredentials)?;
         let c = self
             .catalog
@@ -579,7 +593,7 @@ impl Engine {
     ) -> Result<(usize, crate::sync::MutexGuard<'_, ShardState>, u32), EngineError> {
         let h = self
             .catalog
-            .holder(holder)
+            .holder_facts(holder)
             .ok_or(EngineError::InvalidCredentials)?;
         let p = usize::from(h.province);
         let st = self.shards[p].state.lock();
@@ -740,7 +754,7 @@ impl Engine {
     ) -> Result<Committed<WaitlistPlace>, EngineError> {
         let h = self
             .catalog
-            .holder(holder)
+            .holder_facts(holder)
             .ok_or(EngineError::InvalidCredentials)?;
         if h.receipt_status == ReceiptStatus::NeedsConversion {
             return Err(EngineError::ReceiptNeedsConversion);
@@ -782,7 +796,7 @@ impl Engine {
     /// The holder's waiting-list situation: their place while waiting, or their open offer;
     /// `None` if neither.
     pub fn waitlist_status(&self, holder: HolderIdx) -> Option<WaitlistStatus> {
-        let h = self.catalog.holder(holder)?;
+        let h = self.catalog.holder_facts(holder)?;
         let st = self.shards[usize::from(h.province)].state.lock();
         if let Some(position) = st.waitlist.position(holder) {
             return Some(WaitlistStatus {
@@ -854,7 +868,7 @@ impl Engine {
 
     /// The holder's latest reservation (live or ended), if they ever had one.
     pub fn latest_reservation(&self, holder: HolderIdx) -> Option<ReservationView> {
-        let h = self.catalog.holder(holder)?;
+        let h = self.catalog.holder_facts(holder)?;
         let st = self.shards[usize::from(h.province)].state.lock();
         let idx = *st.latest.get(h.local as usize)?;
         st.view(&self.catalog, idx)
@@ -919,7 +933,7 @@ impl Engine {
         let next = self
             .shards
             .iter()
-            .map(|s| s.counters.next_deadline_ms.load(Ordering::Acquire))
+            .map(|s| s.counters.next_deadline_ms.load(Ordering::SeqCst))
             .min()
             .unwrap_or(i64::MAX);
         (next != i64::MAX).then_some(next)
@@ -997,7 +1011,9 @@ impl Engine {
     }
 
     fn wake_expiry_if_earlier(&self, deadline_ms: Option<i64>) {
-        if deadline_ms.is_some() {
+        // i64::MIN while no expiry thread sleeps: nothing to wake.
+        let planned = self.expiry_planned_ms.load(Ordering::SeqCst);
+        if deadline_ms.is_some_and(|d| planned != i64::MIN && d < planned) {
             let (lock, condvar) = &self.expiry_wake;
             // The flag makes a wake-up between two checks of the expiry thread not lost.
             let mut woken = lock.lock();
@@ -1059,7 +1075,16 @@ impl Engine {
             let (lock, condvar) = &self.expiry_wake;
             let mut woken = lock.lock();
             if !*woken && sleep_ms > 0 {
-                let _ = condvar.wait_for(&mut woken, Duration::from_millis(sleep_ms as u64));
+                // Published under the lock: a decision that reads it and finds its deadline
+                // earlier takes the same lock to wake us, so no wake-up is lost.
+                // SeqCst pairs with the decision side (deadline published, then the plan read):
+                // either it sees this plan and wakes us, or we see its deadline here.
+                let planned = now_ms + sleep_ms;
+                self.expiry_planned_ms.store(planned, Ordering::SeqCst);
+                if self.next_deadline_ms().is_none_or(|d| d >= planned) {
+                    let _ = condvar.wait_for(&mut woken, Duration::from_millis(sleep_ms as u64));
+                }
+                self.expiry_planned_ms.store(i64::MIN, Ordering::SeqCst);
             }
             *woken = false;
         }
@@ -1126,7 +1151,7 @@ impl Engine {
 fn receipt_day_ranges(catalog: &Catalog) -> Vec<(i32, i32)> {
     let mut ranges = vec![(i32::MAX, i32::MIN); catalog.provinces().len()];
     for idx in 0..catalog.holder_count() as u32 {
-        if let Some(h) = catalog.holder(idx) {
+        if let Some(h) = catalog.holder_facts(idx) {
             let range = &mut ranges[usize::from(h.province)];
             range.0 = range.0.min(h.receipt_day);
             range.1 = range.1.max(h.receipt_day);

@@ -342,7 +342,7 @@ fn decode_shard(
             code => Some(EndReason::from_code(code).ok_or_else(|| format!("bad reason {code}"))?),
         };
         let h = catalog
-            .holder(holder)
+            .holder_facts(holder)
             .filter(|h| h.province == st.province)
             .ok_or_else(|| format!("reservation {id}: holder {holder} not of this province"))?;
         let c = catalog
@@ -390,7 +390,7 @@ fn decode_shard(
         let join_seq = r.u64()?;
         let city = r.u32()?;
         catalog
-            .holder(holder)
+            .holder_facts(holder)
             .filter(|h| h.province == st.province)
             .ok_or_else(|| format!("waiting holder {holder} not of this province"))?;
         let key = WaitKey {

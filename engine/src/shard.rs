@@ -107,8 +107,9 @@ impl Shard {
             province,
             schedule,
             occupied: vec![0; caravans.len()],
-            reservations: Vec::new(),
-            by_id: FxHashMap::default(),
+            // Sized for the province's seats taken twice over, so the rush does not regrow.
+            reservations: Vec::with_capacity(total as usize * 2),
+            by_id: FxHashMap::with_capacity_and_hasher(total as usize * 2, Default::default()),
             latest: vec![NO_RESERVATION; holders as usize],
             timers: BinaryHeap::new(),
             waitlist: Waitlist::new(first_day, last_day),
@@ -146,7 +147,7 @@ impl ShardState {
         let r = self.reservations.get(idx as usize)?;
         Some(ReservationView {
             id: r.id,
-            national_id: catalog.holder(r.holder).map_or(0, |h| h.national_id),
+            national_id: catalog.holder_facts(r.holder).map_or(0, |h| h.national_id),
             holder: r.holder,
             caravan: r.caravan,
             province: self.province,
@@ -175,7 +176,7 @@ impl ShardState {
     fn local_holder(&self, ctx: &Ctx<'_>, holder: HolderIdx) -> Result<u32, String> {
         let h = ctx
             .catalog
-            .holder(holder)
+            .holder_facts(holder)
             .ok_or_else(|| format!("unknown holder index {holder}"))?;
         if h.province != self.province {
             return Err(format!(
@@ -206,7 +207,7 @@ impl ShardState {
             self.timers.push(Reverse((deadline_ms, idx)));
             counters
                 .next_deadline_ms
-                .fetch_min(deadline_ms, Ordering::Release);
+                .fetch_min(deadline_ms, Ordering::SeqCst);
         }
     }
 
@@ -345,7 +346,7 @@ impl ShardState {
                 }
                 let h = ctx
                     .catalog
-                    .holder(*holder)
+                    .holder_facts(*holder)
                     .ok_or_else(|| format!("unknown holder {holder}"))?;
                 if !self.waitlist.join(*holder, h.receipt_day, h.city) {
                     return Err(format!("holder {holder} is already waiting"));

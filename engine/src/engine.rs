@@ -120,7 +120,8 @@ pub struct Engine {
     pub(crate) rng: Box<[CachePadded<parking_lot::Mutex<ChaCha12Rng>>]>,
     last_now_ms: AtomicI64,
     expirations: AtomicU64,
-    pub(crate) records_since_snapshot: AtomicU64,
+    /// The sum of the shards' record counters when the last snapshot was taken.
+    pub(crate) records_at_snapshot: AtomicU64,
     pub(crate) stopping: AtomicBool,
     /// Whether the schedule was ever replaced through the log (it then wins over the file).
     pub(crate) schedule_replaced: AtomicBool,
@@ -225,7 +226,7 @@ impl Engine {
             rng,
             last_now_ms: AtomicI64::new(now_ms),
             expirations: AtomicU64::new(0),
-            records_since_snapshot: AtomicU64::new(0),
+            records_at_snapshot: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             schedule_replaced: AtomicBool::new(false),
             schedule_in_snapshot: false,
@@ -311,7 +312,10 @@ impl Engine {
             panic!("decided record {record:?} did not apply: {e}");
         }
         self.index_record(record, state.province);
-        self.records_since_snapshot.fetch_add(1, Ordering::Relaxed);
+        self.shards[shard]
+            .counters
+            .records
+            .fetch_add(1, Ordering::Relaxed);
         Ok(ticket)
     }
 
@@ -928,6 +932,14 @@ impl Engine {
         stats
     }
 
+    /// Records committed since start, over all shards.
+    pub fn records_committed(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.counters.records.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The earliest pending deadline over all shards (possibly one already handled).
     pub fn next_deadline_ms(&self) -> Option<i64> {
         let next = self
@@ -1061,7 +1073,7 @@ impl Engine {
                 tracing::error!(error = %e, "expiry stopped: the log refused a decision");
                 return;
             }
-            if self.records_since_snapshot.load(Ordering::Relaxed)
+            if self.records_committed() - self.records_at_snapshot.load(Ordering::Relaxed)
                 >= self.config.snapshot_every_records
                 && let Err(e) = self.snapshot()
             {

@@ -209,7 +209,8 @@ impl Engine {
             put_u64(&mut out, wal.staged_seq(p as u16));
             encode_shard(&mut out, &st);
         }
-        self.records_since_snapshot.store(0, Ordering::Relaxed);
+        self.records_at_snapshot
+            .store(self.records_committed(), Ordering::Relaxed);
         wal.write_snapshot(lsn_floor, &out)?;
         Ok(())
     }

@@ -55,6 +55,8 @@ pub(crate) struct ShardCounters {
     pub next_deadline_ms: AtomicI64,
     /// Holders on the waiting list.
     pub waiting: AtomicU32,
+    /// Records this shard has committed since start (per shard, so cores do not share it).
+    pub records: std::sync::atomic::AtomicU64,
 }
 
 /// One province's shard.
@@ -124,6 +126,7 @@ impl Shard {
                 holds_live: AtomicU32::new(0),
                 next_deadline_ms: AtomicI64::new(i64::MAX),
                 waiting: AtomicU32::new(0),
+                records: std::sync::atomic::AtomicU64::new(0),
             },
         }
     }

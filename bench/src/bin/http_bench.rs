@@ -3,7 +3,8 @@
 //! the same run. Reports throughput ratios, open-loop latency at half the ceiling (measured
 //! from each request's intended send time, so queueing is not hidden), and resident memory.
 //!
-//! `cargo run --release -p miqat-bench --bin http_bench -- [--seconds N] [--connections N]`
+//! `cargo run --release -p miqat-bench --bin http_bench -- [--connections N] [--get-requests N]`
+//! (`--no-fsync` or `--in-memory` split the durability cost out, for diagnosis only)
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -77,14 +78,6 @@ async fn miqat_server(
 ) -> (SocketAddr, Arc<Engine>) {
     let storage = Arc::new(DirStorage::open(dir).unwrap());
     let clock = FixedClock(season.schedule.waves[0].opens_at_ms + 1);
-    let (engine, _) = Engine::open(
-        Arc::clone(catalog),
-        season.clone(),
-        Arc::new(clock),
-        storage,
-        EngineConfig::default(),
-    )
-    .unwrap();
     let config = ApiConfig {
         per_holder: miqat_api::limits::Rate {
             per_second: 0.0,
@@ -92,6 +85,34 @@ async fn miqat_server(
         },
         ..ApiConfig::default()
     };
+    if std::env::args().any(|a| a == "--in-memory") {
+        // Diagnostic: no log at all, to split the HTTP cost from the durability cost.
+        let engine = Engine::in_memory(
+            Arc::clone(catalog),
+            season.clone(),
+            Arc::new(clock),
+            EngineConfig::default(),
+        )
+        .unwrap();
+        let state = AppState::new(Arc::clone(catalog), config, None);
+        state.set_engine(Arc::clone(&engine));
+        return (start(app(state)).await, engine);
+    }
+    let (engine, _) = Engine::open(
+        Arc::clone(catalog),
+        season.clone(),
+        Arc::new(clock),
+        storage,
+        EngineConfig {
+            durability: if std::env::args().any(|a| a == "--no-fsync") {
+                miqat_engine::wal::Durability::None
+            } else {
+                miqat_engine::wal::Durability::Fsync
+            },
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
     let state = AppState::new(Arc::clone(catalog), config, None);
     state.set_engine(Arc::clone(&engine));
     (start(app(state)).await, engine)
@@ -149,7 +170,16 @@ async fn drive(
                     Some(r) => started + Duration::from_secs_f64(i as f64 / r),
                     None => Instant::now(),
                 };
-                tokio::time::sleep_until(intended.into()).await;
+                // The timer wheel ticks in milliseconds: sleep to within one, then yield, so a
+                // request leaves close to its intended time instead of up to a tick late.
+                let tick = Duration::from_millis(1);
+                while let Some(ahead) = intended.checked_duration_since(Instant::now()) {
+                    if ahead > tick {
+                        tokio::time::sleep(ahead - tick).await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
+                }
                 let sent = Instant::now();
                 let _ = lg.record(sent.saturating_duration_since(intended).as_micros() as u64);
                 let mut req = Request::builder()
@@ -293,12 +323,15 @@ fn main() {
         let base_post = drive(ceiling, Arc::clone(&jobs), connections, None, StatusCode::CREATED).await;
         line("ceiling POST /v1/reservations", &base_post);
         let (miqat, engine) = miqat_server(&catalog, &season, &work.path().join("run1")).await;
+        let rss_before = resident_bytes();
         let ours_post = drive(miqat, Arc::clone(&jobs), connections, None, StatusCode::CREATED).await;
+        let rss_after_post = resident_bytes();
         line("miqat   POST /v1/reservations", &ours_post);
         let wal = engine.wal_stats().unwrap_or_default();
         let base_get = drive(ceiling, Arc::clone(&get_jobs), connections, None, StatusCode::OK).await;
         line("ceiling GET caravans", &base_get);
         let ours_get = drive(miqat, Arc::clone(&get_jobs), connections, None, StatusCode::OK).await;
+        let rss_after_get = resident_bytes();
         line("miqat   GET caravans (cached)", &ours_get);
         println!(
             "ratios: POST {:.2}x the ceiling, GET {:.2}x the ceiling; log: {} records in {} fsyncs",
@@ -315,13 +348,25 @@ fn main() {
         line("miqat   POST open loop", &ours_open);
         let base_open = drive(ceiling, Arc::clone(&jobs), connections, Some(half), StatusCode::CREATED).await;
         line("ceiling POST open loop", &base_open);
+        let ours_half = rps(&ours_post) / 2.0;
+        println!("-- open loop at half of miqat's own POST rate ({ours_half:.0} requests/s)");
+        let (miqat3, _engine3) = miqat_server(&catalog, &season, &work.path().join("run3")).await;
+        let ours_open_own = drive(miqat3, Arc::clone(&jobs), connections, Some(ours_half), StatusCode::CREATED).await;
+        line("miqat   POST open loop (own half)", &ours_open_own);
         let half_get = rps(&base_get) / 2.0;
         let ours_get_open = drive(miqat2, Arc::clone(&get_jobs), connections, Some(half_get), StatusCode::OK).await;
         line("miqat   GET open loop", &ours_get_open);
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
-            "\nresident memory: {:.0} MiB at start (catalog loaded), {:.0} MiB at the end",
-            rss_start as f64 / (1 << 20) as f64,
-            resident_bytes() as f64 / (1 << 20) as f64
+            "\nresident memory: {:.0} MiB with the catalog loaded; one server's run: {:.0} MiB before, \
+             {:.0} MiB after {} POSTs (every seat taken), {:.0} MiB after {} more GETs; {:.0} MiB at the end",
+            mib(rss_start),
+            mib(rss_before),
+            mib(rss_after_post),
+            jobs.len(),
+            mib(rss_after_get),
+            get_jobs.len(),
+            mib(resident_bytes())
         );
     });
 }

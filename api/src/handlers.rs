@@ -304,9 +304,11 @@ pub async fn reserve(
     };
     // The decision is made and logged in one synchronous call: a client that goes away while
     // waiting below cannot leave it half-made, and a retry with its key finds it.
-    let decided = engine
-        .reserve(holder, caravan, key)
-        .map_err(|e| refusal(&state, e))?;
+    let decided = engine.reserve(holder, caravan, key).map_err(|e| {
+        let e = refusal(&state, e);
+        metrics::counter!("miqat_reservations_total", "outcome" => e.code()).increment(1);
+        e
+    })?;
     engine.durable(decided.ticket).await?;
     let outcome = decided.value;
     metrics::counter!("miqat_reservations_total", "outcome" => if outcome.replayed { "replayed" } else { "reserved" })
@@ -683,11 +685,16 @@ pub async fn replace_waves(
 }
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = String)))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// `GET /readyz`: recovery is done and requests are accepted.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = String),
+        (status = 503, description = "Recovery still running", body = Problem)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.engine().is_ok() {
         "ready\n".into_response()

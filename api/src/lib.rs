@@ -203,7 +203,10 @@ async fn observe(req: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format, with per-province gauges read at scrape time.
-async fn metrics_text(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String,
+        content_type = "text/plain")))]
+pub async fn metrics_text(State(state): State<AppState>) -> Response {
     if let Ok(engine) = state.engine() {
         for (p, province) in engine.catalog().provinces().iter().enumerate() {
             let labels = [("province", province.id.to_string())];

@@ -15,6 +15,7 @@ use crate::{dto, error, handlers};
         handlers::reserve, handlers::get_reservation, handlers::cancel, handlers::accept,
         handlers::join_waitlist, handlers::waitlist_me, handlers::event,
         handlers::admin_reservations, handlers::admin_stats, handlers::replace_waves,
+        handlers::healthz, handlers::readyz, crate::metrics_text, serve,
     ),
     components(schemas(
         dto::ReserveRequest, dto::Credentials, dto::EventRequest, dto::Reservation, dto::Province,
@@ -38,7 +39,9 @@ impl Modify for BearerAuth {
     }
 }
 
-/// `GET /openapi.json`.
+/// `GET /openapi.json`: this document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

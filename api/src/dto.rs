@@ -44,7 +44,7 @@ pub struct EventRequest {
 /// A reservation.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Reservation {
-    /// 32 hex digits (128 random bits).
+    /// 44 hex digits: shard (4), slot (8) and a 128-bit random secret (32).
     pub id: String,
     /// The holder's national ID (10 digits).
     pub national_id: String,

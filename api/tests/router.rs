@@ -869,7 +869,11 @@ async fn reserve_answers_201_with_the_whole_reservation_and_its_location() {
     assert!(r.header("idempotent-replayed").is_none());
     let body = &r.body;
     let id = body["id"].as_str().unwrap();
-    assert_eq!(id.len(), 32);
+    assert_eq!(
+        id.len(),
+        44,
+        "4 hex shard, 8 hex slot, 32 hex (128 random bits) secret"
+    );
     assert!(
         id.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

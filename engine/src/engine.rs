@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crossbeam::utils::CachePadded;
-use dashmap::DashMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
@@ -115,7 +114,6 @@ pub struct Engine {
     /// The schedule as the global shard sees it; its WAL shard index is `shards.len()`.
     pub(crate) global: Mutex<Arc<Schedule>>,
     pub(crate) caravan_local: Vec<u32>,
-    pub(crate) index: DashMap<ReservationId, ProvinceIdx, rustc_hash::FxBuildHasher>,
     pub(crate) wal: Option<Arc<Wal>>,
     pub(crate) rng: Box<[CachePadded<parking_lot::Mutex<ChaCha12Rng>>]>,
     last_now_ms: AtomicI64,
@@ -208,7 +206,6 @@ impl Engine {
             })
             .collect();
         let now_ms = clock.now_ms();
-        let seats_total: usize = catalog.caravans().iter().map(|c| c.capacity as usize).sum();
         Ok(Engine {
             catalog,
             season,
@@ -217,11 +214,6 @@ impl Engine {
             shards,
             global: Mutex::new(schedule),
             caravan_local,
-            // Sized for a day of seats changing hands a few times, so the rush never rehashes.
-            index: DashMap::with_capacity_and_hasher(
-                seats_total.saturating_mul(4),
-                rustc_hash::FxBuildHasher,
-            ),
             wal,
             rng,
             last_now_ms: AtomicI64::new(now_ms),
@@ -267,9 +259,10 @@ impl Engine {
         }
     }
 
-    fn new_id(&self, province: ProvinceIdx) -> ReservationId {
-        let slot = usize::from(province) % self.rng.len();
-        ReservationId(self.rng[slot].lock().random())
+    /// The id of the next reservation of `st`'s shard, with a fresh 128-bit secret.
+    fn new_id(&self, st: &ShardState) -> ReservationId {
+        let rng = usize::from(st.province) % self.rng.len();
+        st.next_id(self.rng[rng].lock().random())
     }
 
     /// Returns the holder if and only if `national_id` is listed and `tracking_code` is theirs.
@@ -311,26 +304,11 @@ impl Engine {
             // would let memory and log disagree.
             panic!("decided record {record:?} did not apply: {e}");
         }
-        self.index_record(record, state.province);
         self.shards[shard]
             .counters
             .records
             .fetch_add(1, Ordering::Relaxed);
         Ok(ticket)
-    }
-
-    pub(crate) fn index_record(&self, record: &Record, province: ProvinceIdx) {
-        match record {
-            Record::Reserve { id, .. } => {
-                self.index.insert(*id, province);
-            }
-            Record::End {
-                offer: Some(offer), ..
-            } => {
-                self.index.insert(offer.id, province);
-            }
-            _ => {}
-        }
     }
 
     /// A ticket covering everything staged so far for `shard`: waiting on it makes an earlier
@@ -412,7 +390,7 @@ impl Engine {
         }
         let (stage, deadline_ms) = self.first_stage(now_ms);
         let record = Record::Reserve {
-            id: self.new_id(h.province),
+            id: self.new_id(&st),
             holder,
             caravan,
             at_ms: now_ms,
@@ -521,7 +499,7 @@ impl Engine {
         let city = self.catalog.caravans()[caravan as usize].city;
         let holder = st.waitlist.head_of_city(city)?;
         Some(Offer {
-            id: self.new_id(st.province),
+            id: self.new_id(st),
             holder,
             deadline_ms: now_ms.saturating_add(self.season.offer_deadline_ms),
         })
@@ -687,13 +665,9 @@ impl Engine {
         event: OperatorEvent,
     ) -> Result<Committed<ReservationView>, EngineError> {
         let now_ms = self.now_ms();
-        let province = self
-            .index
-            .get(&id)
-            .map(|p| *p)
-            .ok_or(EngineError::ReservationNotFound)?;
-        let p = usize::from(province);
-        let mut st = self.shards[p].state.lock();
+        let p = usize::from(id.shard);
+        let shard = self.shards.get(p).ok_or(EngineError::ReservationNotFound)?;
+        let mut st = shard.state.lock();
         let idx = st.find(id).ok_or(EngineError::ReservationNotFound)?;
         self.expire_if_due(p, &mut st, idx, now_ms)?;
         let (status, stage) = {
@@ -858,8 +832,7 @@ impl Engine {
 
     /// The reservation `id`, for operators.
     pub fn reservation(&self, id: ReservationId) -> Option<ReservationView> {
-        let province = *self.index.get(&id)?;
-        let st = self.shards[usize::from(province)].state.lock();
+        let st = self.shards.get(usize::from(id.shard))?.state.lock();
         let idx = st.find(id)?;
         st.view(&self.catalog, idx)
     }

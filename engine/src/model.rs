@@ -6,23 +6,40 @@ use std::fmt;
 use crate::catalog::{CaravanIdx, HolderIdx, ProvinceIdx};
 use crate::season::Stage;
 
-/// A reservation's public id: 128 random bits, shown as 32 lowercase hex digits.
+/// A reservation's public id: where it lives (its province's shard and its slot there) and
+/// 128 random bits that make it unguessable. Shown as 44 lowercase hex digits: 4 for the
+/// shard, 8 for the slot, 32 for the secret. Finding a reservation is an array index and a
+/// comparison of the secret, with no global map on the reservation path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReservationId(pub u128);
+pub struct ReservationId {
+    /// The province shard that holds it.
+    pub shard: u16,
+    /// Its position among the shard's reservations.
+    pub slot: u32,
+    /// 128 random bits.
+    pub secret: u128,
+}
 
 impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:04x}{:08x}{:032x}", self.shard, self.slot, self.secret)
     }
 }
 
 impl ReservationId {
-    /// Parses 32 hex digits; returns `None` for anything else.
+    /// Characters of the text form.
+    pub const TEXT_LEN: usize = 44;
+
+    /// Parses the 44-hex-digit text form; returns `None` for anything else.
     pub fn parse(text: &str) -> Option<ReservationId> {
-        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if text.len() != Self::TEXT_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        u128::from_str_radix(text, 16).ok().map(ReservationId)
+        Some(ReservationId {
+            shard: u16::from_str_radix(text.get(0..4)?, 16).ok()?,
+            slot: u32::from_str_radix(text.get(4..12)?, 16).ok()?,
+            secret: u128::from_str_radix(text.get(12..)?, 16).ok()?,
+        })
     }
 }
 

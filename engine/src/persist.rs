@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::catalog::{Catalog, ProvinceIdx};
+use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::EngineError;
 use crate::model::{EndReason, Reservation, ReservationId, Status};
 use crate::record::{
-    Reader, Record, decode_waves, encode_waves, put_bytes, put_i64, put_opt_i64, put_stage,
+    Reader, Record, decode_waves, encode_waves, put_bytes, put_i64, put_id, put_opt_i64, put_stage,
     put_u32, put_u64, put_u128,
 };
 use crate::season::{Schedule, Season};
@@ -120,7 +120,8 @@ impl Engine {
                 )));
             }
             let record =
-                Record::decode(rec.kind, &arena[rec.start..rec.start + rec.len]).map_err(&fail)?;
+                Record::decode(rec.kind, &arena[rec.start..rec.start + rec.len], rec.shard)
+                    .map_err(&fail)?;
             engine.replay(s, &record).map_err(&fail)?;
             schedule_from_log |= matches!(record, Record::Schedule { .. });
             last_seq[s] = rec.shard_seq;
@@ -181,7 +182,6 @@ impl Engine {
         let shard = &self.shards[s];
         let mut st = shard.state.lock();
         st.apply(&self.ctx(), &shard.counters, record)?;
-        self.index_record(record, s as ProvinceIdx);
         Ok(())
     }
 
@@ -256,9 +256,6 @@ impl Engine {
                 &self.catalog,
                 &self.caravan_local,
             )?;
-            for res in &st.reservations {
-                self.index.insert(res.id, p as ProvinceIdx);
-            }
         }
         r.finish()?;
         Ok(cuts)
@@ -285,7 +282,7 @@ fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
     put_u64(out, st.waitlist.next_join_seq());
     put_u32(out, st.reservations.len() as u32);
     for r in &st.reservations {
-        put_u128(out, r.id.0);
+        put_u128(out, r.id.secret);
         put_u32(out, r.holder);
         put_u32(out, r.caravan);
         out.push(r.status as u8);
@@ -312,7 +309,7 @@ fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
         put_u32(out, local);
         put_bytes(out, &e.key);
         put_u32(out, e.caravan);
-        put_u128(out, e.reservation.0);
+        put_id(out, e.reservation);
         put_i64(out, e.at_ms);
     }
 }
@@ -327,7 +324,11 @@ fn decode_shard(
     let next_join_seq = r.u64()?;
     let count = r.u32()? as usize;
     for _ in 0..count {
-        let id = ReservationId(r.u128()?);
+        let id = ReservationId {
+            shard: st.province,
+            slot: st.reservations.len() as u32,
+            secret: r.u128()?,
+        };
         let holder = r.u32()?;
         let caravan = r.u32()?;
         let status_code = r.u8()?;
@@ -351,10 +352,7 @@ fn decode_shard(
             .get(caravan as usize)
             .filter(|c| c.province == st.province)
             .ok_or_else(|| format!("reservation {id}: caravan {caravan} not of this province"))?;
-        let idx = st.reservations.len() as u32;
-        if st.by_id.insert(id, idx).is_some() {
-            return Err(format!("reservation {id} appears twice"));
-        }
+        let idx = id.slot;
         if status.is_live() {
             let slot = caravan_local[caravan as usize] as usize;
             if st.occupied[slot] >= c.capacity {
@@ -410,7 +408,7 @@ fn decode_shard(
         let local = r.u32()?;
         let key = r.bytes()?.to_vec().into_boxed_slice();
         let caravan = r.u32()?;
-        let reservation = ReservationId(r.u128()?);
+        let reservation = r.id(st.province)?;
         let at_ms = r.i64()?;
         st.idempotency
             .entry(local)

@@ -88,7 +88,7 @@ impl Record {
                 deadline_ms,
                 idempotency_key,
             } => {
-                put_u128(out, id.0);
+                put_id(out, *id);
                 put_u32(out, *holder);
                 put_u32(out, *caravan);
                 put_i64(out, *at_ms);
@@ -102,7 +102,7 @@ impl Record {
                 stage,
                 deadline_ms,
             } => {
-                put_u128(out, id.0);
+                put_id(out, *id);
                 put_i64(out, *at_ms);
                 put_stage(out, *stage);
                 put_opt_i64(out, *deadline_ms);
@@ -113,14 +113,14 @@ impl Record {
                 reason,
                 offer,
             } => {
-                put_u128(out, id.0);
+                put_id(out, *id);
                 put_i64(out, *at_ms);
                 out.push(reason.code());
                 match offer {
                     None => out.push(0),
                     Some(offer) => {
                         out.push(1);
-                        put_u128(out, offer.id.0);
+                        put_id(out, offer.id);
                         put_u32(out, offer.holder);
                         put_i64(out, offer.deadline_ms);
                     }
@@ -138,11 +138,11 @@ impl Record {
     }
 
     /// Decodes a payload of kind `kind`; an error says what is wrong.
-    pub fn decode(kind: u8, payload: &[u8]) -> Result<Record, String> {
+    pub fn decode(kind: u8, payload: &[u8], shard: u16) -> Result<Record, String> {
         let mut r = Reader::new(payload);
         let record = match kind {
             kind::RESERVE => Record::Reserve {
-                id: ReservationId(r.u128()?),
+                id: r.id(shard)?,
                 holder: r.u32()?,
                 caravan: r.u32()?,
                 at_ms: r.i64()?,
@@ -151,13 +151,13 @@ impl Record {
                 idempotency_key: r.bytes()?.to_vec(),
             },
             kind::ADVANCE => Record::Advance {
-                id: ReservationId(r.u128()?),
+                id: r.id(shard)?,
                 at_ms: r.i64()?,
                 stage: r.stage()?,
                 deadline_ms: r.opt_i64()?,
             },
             kind::END => {
-                let id = ReservationId(r.u128()?);
+                let id = r.id(shard)?;
                 let at_ms = r.i64()?;
                 let code = r.u8()?;
                 let reason = EndReason::from_code(code)
@@ -165,7 +165,7 @@ impl Record {
                 let offer = match r.u8()? {
                     0 => None,
                     1 => Some(Offer {
-                        id: ReservationId(r.u128()?),
+                        id: r.id(shard)?,
                         holder: r.u32()?,
                         deadline_ms: r.i64()?,
                     }),
@@ -253,6 +253,11 @@ pub(crate) fn put_i64(out: &mut Vec<u8>, v: i64) {
 pub(crate) fn put_u128(out: &mut Vec<u8>, v: u128) {
     out.extend_from_slice(&v.to_le_bytes());
 }
+/// A reservation id within its shard: slot then secret (the shard is the record's).
+pub(crate) fn put_id(out: &mut Vec<u8>, id: ReservationId) {
+    put_u32(out, id.slot);
+    put_u128(out, id.secret);
+}
 /// `None` is written as `i64::MIN`, which no real instant uses.
 pub(crate) fn put_opt_i64(out: &mut Vec<u8>, v: Option<i64>) {
     put_i64(out, v.unwrap_or(i64::MIN));
@@ -312,6 +317,13 @@ impl<'a> Reader<'a> {
     }
     pub fn u128(&mut self) -> Result<u128, String> {
         Ok(u128::from_le_bytes(self.array()?))
+    }
+    pub fn id(&mut self, shard: u16) -> Result<ReservationId, String> {
+        Ok(ReservationId {
+            shard,
+            slot: self.u32()?,
+            secret: self.u128()?,
+        })
     }
     pub fn opt_i64(&mut self) -> Result<Option<i64>, String> {
         let v = self.i64()?;

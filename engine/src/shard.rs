@@ -73,8 +73,8 @@ pub(crate) struct ShardState {
     pub schedule: Arc<Schedule>,
     /// Live reservations per caravan (local index): never above its capacity.
     pub occupied: Vec<u32>,
+    /// Every reservation of the province, at the slot its id names.
     pub reservations: Vec<Reservation>,
-    pub by_id: FxHashMap<ReservationId, u32>,
     /// Per holder (local index): the index of their latest reservation.
     pub latest: Vec<u32>,
     /// Pending deadlines: (deadline, reservation index). Entries go stale when a reservation
@@ -111,7 +111,6 @@ impl Shard {
             occupied: vec![0; caravans.len()],
             // Sized for the province's seats taken twice over, so the rush does not regrow.
             reservations: Vec::with_capacity(total as usize * 2),
-            by_id: FxHashMap::with_capacity_and_hasher(total as usize * 2, Default::default()),
             latest: vec![NO_RESERVATION; holders as usize],
             timers: BinaryHeap::new(),
             waitlist: Waitlist::new(first_day, last_day),
@@ -140,9 +139,20 @@ impl ShardState {
         r.status.is_live().then_some(idx)
     }
 
-    /// The reservation with this id, if it is in this shard.
+    /// The reservation with this id, if it is in this shard: its slot must exist and hold
+    /// the same secret.
     pub fn find(&self, id: ReservationId) -> Option<u32> {
-        self.by_id.get(&id).copied()
+        let r = self.reservations.get(id.slot as usize)?;
+        (r.id == id).then_some(id.slot)
+    }
+
+    /// The id the next reservation of this shard will have, with `secret`.
+    pub fn next_id(&self, secret: u128) -> ReservationId {
+        ReservationId {
+            shard: self.province,
+            slot: self.reservations.len() as u32,
+            secret,
+        }
     }
 
     /// A caller's copy of the reservation at `idx`.
@@ -268,10 +278,8 @@ impl ShardState {
                 if self.live_of(local).is_some() {
                     return Err(format!("holder {holder} already has a live reservation"));
                 }
+                self.check_next_id(*id)?;
                 self.take_seat(ctx, counters, *caravan, slot)?;
-                if self.by_id.contains_key(id) {
-                    return Err(format!("reservation id {id} reused"));
-                }
                 let status = if stage.is_some() {
                     Status::Held
                 } else {
@@ -365,9 +373,20 @@ impl ShardState {
         Ok(())
     }
 
+    /// Returns an error unless `id` names the next free slot of this shard.
+    fn check_next_id(&self, id: ReservationId) -> Result<(), String> {
+        if id.shard != self.province || id.slot as usize != self.reservations.len() {
+            return Err(format!(
+                "reservation {id} does not name the next slot ({}) of shard {}",
+                self.reservations.len(),
+                self.province
+            ));
+        }
+        Ok(())
+    }
+
     fn push_reservation(&mut self, reservation: Reservation) -> u32 {
         let idx = self.reservations.len() as u32;
-        self.by_id.insert(reservation.id, idx);
         self.reservations.push(reservation);
         idx
     }
@@ -430,9 +449,7 @@ impl ShardState {
                     offer.holder
                 ));
             }
-            if self.by_id.contains_key(&offer.id) {
-                return Err(format!("reservation id {} reused", offer.id));
-            }
+            self.check_next_id(offer.id)?;
         }
         let r = &mut self.reservations[idx as usize];
         r.status = reason.status();

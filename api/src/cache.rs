@@ -1,24 +1,44 @@
-//! The rush read path: each province's caravan list as a ready JSON body with a strong ETag,
-//! rebuilt from the engine's lock-free counters when older than a few milliseconds and only
-//! re-serialized when a free-seat count actually changed.
+//! The rush read path: caravan lists as ready JSON bodies with strong ETags, one entry per
+//! province and filter, re-read from the engine's lock-free counters when older than a few
+//! milliseconds and re-serialized only when a free-seat count actually changed.
+//!
+//! Entries live in a `DashMap`, so concurrent readers of different lists never contend. The
+//! key space is bounded by the catalog: a filter is cached only when every part of it names
+//! something the province has (its cities, its price groups, the two routes); any other
+//! filter matches nothing and is answered without an entry.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use miqat_engine::Engine;
-use miqat_engine::catalog::ProvinceIdx;
-use parking_lot::RwLock;
+use miqat_engine::catalog::{CaravanIdx, CityIdx, ProvinceIdx, Route};
 
 use crate::dto::Caravan;
 
-/// One province's cached list.
+/// Which list: a province and an optional filter, already validated against the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListKey {
+    /// The province.
+    pub province: ProvinceIdx,
+    /// Only caravans of this city.
+    pub city: Option<CityIdx>,
+    /// Only this route.
+    pub route: Option<Route>,
+    /// Only this price group (one the province has).
+    pub price_group: Option<String>,
+    /// Only caravans with free seats.
+    pub available_only: bool,
+}
+
+/// One cached list.
 #[derive(Debug)]
 pub struct CachedList {
     /// When the free-seat counts were last read.
     checked: Instant,
-    /// The free seats the body shows, per caravan of the province.
+    /// The free seats of every caravan the filter can select, in catalog order.
     free: Vec<u32>,
     /// The strong ETag of `body`, quoted.
     pub etag: String,
@@ -26,71 +46,93 @@ pub struct CachedList {
     pub body: Bytes,
 }
 
-/// Per-province cached caravan lists.
+/// Cached caravan lists, at most `max_age` stale.
 #[derive(Debug)]
 pub struct CaravanListCache {
-    lists: Vec<RwLock<Option<Arc<CachedList>>>>,
+    lists: DashMap<ListKey, Arc<CachedList>, rustc_hash::FxBuildHasher>,
     max_age: Duration,
 }
 
 impl CaravanListCache {
-    /// A cache for `provinces` provinces whose entries are at most `max_age` stale.
-    pub fn new(provinces: usize, max_age: Duration) -> CaravanListCache {
+    /// An empty cache whose entries are at most `max_age` stale.
+    pub fn new(max_age: Duration) -> CaravanListCache {
         CaravanListCache {
-            lists: (0..provinces).map(|_| RwLock::new(None)).collect(),
+            lists: DashMap::with_hasher(rustc_hash::FxBuildHasher),
             max_age,
         }
     }
 
-    /// The province's list, at most `max_age` stale. Returns `None` for an unknown province.
-    pub fn get(&self, engine: &Engine, province: ProvinceIdx) -> Option<Arc<CachedList>> {
-        let slot = self.lists.get(usize::from(province))?;
-        if let Some(list) = slot.read().as_ref()
+    /// The list for `key`, at most `max_age` stale.
+    pub fn get(&self, engine: &Engine, key: &ListKey) -> Arc<CachedList> {
+        if let Some(list) = self.lists.get(key)
             && list.checked.elapsed() < self.max_age
         {
-            return Some(Arc::clone(list));
+            return Arc::clone(&list);
         }
-        let mut guard = slot.write();
-        // Another request may have refreshed it while this one waited for the lock.
-        if let Some(list) = guard.as_ref()
-            && list.checked.elapsed() < self.max_age
-        {
-            return Some(Arc::clone(list));
-        }
-        let caravans = engine.catalog().caravans_of_province(province);
-        let free: Vec<u32> = caravans.iter().map(|&c| engine.free_seats(c)).collect();
-        let fresh = match guard.as_ref() {
+        let candidates = candidates(engine, key);
+        let free: Vec<u32> = candidates.iter().map(|&c| engine.free_seats(c)).collect();
+        let previous = self.lists.get(key).map(|l| Arc::clone(&l));
+        let fresh = match previous {
             Some(old) if old.free == free => CachedList {
                 checked: Instant::now(),
                 free,
                 etag: old.etag.clone(),
                 body: old.body.clone(),
             },
-            _ => build(engine, province, free),
+            _ => build(engine, key, &candidates, free),
         };
         let fresh = Arc::new(fresh);
-        *guard = Some(Arc::clone(&fresh));
-        Some(fresh)
+        self.lists.insert(key.clone(), Arc::clone(&fresh));
+        fresh
+    }
+
+    /// Number of cached lists (bounded by the catalog).
+    pub fn len(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.lists.is_empty()
     }
 }
 
-fn build(engine: &Engine, province: ProvinceIdx, free: Vec<u32>) -> CachedList {
+/// The caravans the filter selects, free seats aside.
+fn candidates(engine: &Engine, key: &ListKey) -> Vec<CaravanIdx> {
     let catalog = engine.catalog();
-    let caravans = catalog.caravans_of_province(province);
-    let list: Vec<Caravan> = caravans
+    catalog
+        .caravans_of_province(key.province)
+        .iter()
+        .copied()
+        .filter(|&c| {
+            let caravan = &catalog.caravans()[c as usize];
+            key.city.is_none_or(|city| caravan.city == city)
+                && key.route.is_none_or(|r| caravan.route == r)
+                && key
+                    .price_group
+                    .as_deref()
+                    .is_none_or(|g| caravan.price_group == g)
+        })
+        .collect()
+}
+
+fn build(engine: &Engine, key: &ListKey, candidates: &[CaravanIdx], free: Vec<u32>) -> CachedList {
+    let catalog = engine.catalog();
+    let list: Vec<Caravan> = candidates
         .iter()
         .zip(&free)
+        .filter(|(_, seats_free)| !key.available_only || **seats_free > 0)
         .map(|(&c, &seats_free)| Caravan::new(catalog, c, seats_free))
         .collect();
     let body = Bytes::from(serde_json::to_vec(&list).unwrap_or_default());
     let mut hasher = rustc_hash::FxHasher::default();
-    province.hash(&mut hasher);
+    key.hash(&mut hasher);
     catalog.fingerprint().hash(&mut hasher);
     free.hash(&mut hasher);
     CachedList {
         checked: Instant::now(),
         free,
-        etag: format!("\"p{province}-{:016x}\"", hasher.finish()),
+        etag: format!("\"p{}-{:016x}\"", key.province, hasher.finish()),
         body,
     }
 }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
+use crate::cache::ListKey;
 use crate::dto::{
     Caravan, CaravanSummary, Credentials, EventRequest, Province, Reservation, ReservationPage,
     ReserveRequest, Stats, StatusCounts, WaitlistPlace, WaveDto,
@@ -167,8 +168,8 @@ pub struct CaravanQuery {
     pub available: Option<bool>,
 }
 
-/// `GET /v1/provinces/{id}/caravans`: the page everyone refreshes during the rush. Unfiltered,
-/// it is a cached body with a strong `ETag` (`If-None-Match` answers 304).
+/// `GET /v1/provinces/{id}/caravans`: the page everyone refreshes during the rush: a cached
+/// body (per filter) with a strong `ETag` (`If-None-Match` answers 304).
 #[utoipa::path(get, path = "/v1/provinces/{id}/caravans", tag = "public",
     params(("id" = u32, Path, description = "Province id"), CaravanQuery),
     responses((status = 200, body = [Caravan]), (status = 304), (status = 404, body = Problem)))]
@@ -189,40 +190,7 @@ pub async fn province_caravans(
         field: "query".into(),
         message: e.body_text(),
     })?;
-    let filtered = query.city.is_some()
-        || query.route.is_some()
-        || query.price_group.is_some()
-        || query.available.is_some();
-    if !filtered {
-        let list = state
-            .inner
-            .cache
-            .get(engine, province)
-            .ok_or_else(not_found)?;
-        let etag = HeaderValue::from_str(&list.etag).unwrap_or(HeaderValue::from_static("\"\""));
-        let matches = headers
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim() == list.etag || t.trim() == "*")
-            });
-        let mut response = if matches {
-            StatusCode::NOT_MODIFIED.into_response()
-        } else {
-            let mut r = list.body.clone().into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
-        };
-        response.headers_mut().insert(header::ETAG, etag);
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        return Ok(response);
-    }
+    let catalog = engine.catalog();
     let route = match query.route.as_deref() {
         None => None,
         Some(text) => Some(Route::parse(text).ok_or_else(|| ApiError::InvalidField {
@@ -230,26 +198,55 @@ pub async fn province_caravans(
             message: "must be medina_first or medina_second".into(),
         })?),
     };
-    let catalog = engine.catalog();
-    let list: Vec<Caravan> = catalog
-        .caravans_of_province(province)
-        .iter()
-        .filter(|&&c| {
-            let caravan = &catalog.caravans()[c as usize];
-            query
-                .city
-                .as_deref()
-                .is_none_or(|city| catalog.cities()[caravan.city as usize].name == city.trim())
-                && route.is_none_or(|r| caravan.route == r)
-                && query
-                    .price_group
-                    .as_deref()
-                    .is_none_or(|g| caravan.price_group == g)
-                && (query.available != Some(true) || engine.free_seats(c) > 0)
-        })
-        .map(|&c| Caravan::new(catalog, c, engine.free_seats(c)))
-        .collect();
-    Ok(Json(list).into_response())
+    // A city or price group the province does not have selects nothing: answer an empty list
+    // without creating a cache entry, so the cache stays bounded by the catalog.
+    let city = match query.city.as_deref() {
+        None => None,
+        Some(name) => match catalog.city_by_name(province, name.trim()) {
+            Some(city) => Some(city),
+            None => return Ok(Json(Vec::<Caravan>::new()).into_response()),
+        },
+    };
+    let price_group = query.price_group.as_deref().map(str::trim);
+    if let Some(group) = price_group
+        && !catalog
+            .caravans_of_province(province)
+            .iter()
+            .any(|&c| catalog.caravans()[c as usize].price_group == group)
+    {
+        return Ok(Json(Vec::<Caravan>::new()).into_response());
+    }
+    let key = ListKey {
+        province,
+        city,
+        route,
+        price_group: price_group.map(str::to_owned),
+        available_only: query.available == Some(true),
+    };
+    let list = state.inner.cache.get(engine, &key);
+    let etag = HeaderValue::from_str(&list.etag).unwrap_or(HeaderValue::from_static("\"\""));
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == list.etag || t.trim() == "*")
+        });
+    let mut response = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = list.body.clone().into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    response.headers_mut().insert(header::ETAG, etag);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(response)
 }
 
 /// `GET /v1/caravans/{id}`: one caravan with its free seats.

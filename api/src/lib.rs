@@ -92,10 +92,9 @@ impl AppState {
         config: ApiConfig,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
-        let provinces = catalog.provinces().len();
         AppState {
             inner: Arc::new(Inner {
-                cache: CaravanListCache::new(provinces, config.list_max_age),
+                cache: CaravanListCache::new(config.list_max_age),
                 admission: Admission::new(config.max_in_flight),
                 holder_limiter: KeyedLimiter::new(config.per_holder, 20),
                 client_limiter: KeyedLimiter::new(config.per_client, 16),

@@ -735,6 +735,53 @@ async fn unknown_province_is_404() {
 }
 
 #[tokio::test]
+async fn filtered_caravan_lists_are_cached_with_their_own_etags() {
+    let fx = Fx::new();
+    let uri = "/v1/provinces/1/caravans?city=A&available=true";
+    let first = fx.get(uri).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let etag = first.header("etag").unwrap().to_owned();
+    let ids: Vec<&str> = first
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a1", "a2"]);
+    let unfiltered = fx.get("/v1/provinces/1/caravans").await;
+    assert_ne!(
+        unfiltered.header("etag"),
+        Some(etag.as_str()),
+        "each filter has its own tag"
+    );
+    let r = fx
+        .send(Method::GET, uri, &[("if-none-match", &etag)], None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    // Filling a2 drops it from the `available` list and changes the tag.
+    fx.reserve_ok(&a(0), "a2").await;
+    let r = fx
+        .send(Method::GET, uri, &[("if-none-match", &etag)], None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let ids: Vec<&str> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a1"]);
+    // A city or price group the province does not have selects nothing.
+    let none = fx.get("/v1/provinces/1/caravans?city=Nowhere").await;
+    assert_eq!(none.status, StatusCode::OK);
+    assert_eq!(none.body, serde_json::json!([]));
+    let none = fx.get("/v1/provinces/1/caravans?price_group=ZZ").await;
+    assert_eq!(none.body, serde_json::json!([]));
+}
+
+#[tokio::test]
 async fn caravan_list_etag_answers_304_then_changes_when_a_seat_is_taken() {
     let fx = Fx::new();
     let first = fx.get("/v1/provinces/1/caravans").await;

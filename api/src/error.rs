@@ -263,6 +263,10 @@ fn engine_problem(
             p.alternatives = Some(alternatives.unwrap_or_default());
             StatusCode::CONFLICT
         }
+        EngineError::TooManyReservations => {
+            set(p, "Too many reservations", "too_many_reservations", &detail);
+            return (StatusCode::TOO_MANY_REQUESTS, Some(3600));
+        }
         EngineError::InvalidField { field, message } => {
             set(
                 p,

@@ -69,13 +69,32 @@ fn national_id(text: &str) -> Result<u64, ApiError> {
     })
 }
 
-/// Validates the national ID, applies the per-holder rate limit, then authenticates.
+/// Validates the national ID, authenticates, then applies the per-holder rate limit.
+///
+/// Successful and failed logins count in separate budgets of the same rate: someone who only
+/// knows a holder's national ID can exhaust the failure budget (and so can no longer guess
+/// tracking codes), but cannot lock the holder out of their own account.
 fn authenticate(state: &AppState, national: &str, code: &str) -> Result<HolderIdx, ApiError> {
     let id = national_id(national)?;
-    if let Err(wait) = state.inner.holder_limiter.check(&id) {
-        return Err(ApiError::RateLimited(retry_after_seconds(wait)));
+    let limited = |wait| ApiError::RateLimited(retry_after_seconds(wait));
+    match state.engine()?.authenticate(id, code) {
+        Ok(holder) => {
+            state
+                .inner
+                .holder_limiter
+                .check(&(id, true))
+                .map_err(limited)?;
+            Ok(holder)
+        }
+        Err(e) => {
+            state
+                .inner
+                .holder_limiter
+                .check(&(id, false))
+                .map_err(limited)?;
+            Err(e.into())
+        }
     }
-    Ok(state.engine()?.authenticate(id, code)?)
 }
 
 fn header_credentials(state: &AppState, headers: &HeaderMap) -> Result<HolderIdx, ApiError> {
@@ -301,11 +320,18 @@ pub async fn reserve(
     };
     // The decision is made and logged in one synchronous call: a client that goes away while
     // waiting below cannot leave it half-made, and a retry with its key finds it.
-    let decided = engine.reserve(holder, caravan, key).map_err(|e| {
-        let e = refusal(&state, e);
-        metrics::counter!("miqat_reservations_total", "outcome" => e.code()).increment(1);
-        e
-    })?;
+    let decided = match engine.reserve(holder, caravan, key) {
+        Ok(decided) => decided,
+        Err(e) => {
+            if matches!(e, EngineError::AlreadyReserved { .. }) {
+                // The live reservation it names may still be on its way to disk.
+                engine.durable(engine.holder_barrier(holder)).await?;
+            }
+            let e = refusal(&state, e);
+            metrics::counter!("miqat_reservations_total", "outcome" => e.code()).increment(1);
+            return Err(e);
+        }
+    };
     engine.durable(decided.ticket).await?;
     let outcome = decided.value;
     metrics::counter!("miqat_reservations_total", "outcome" => if outcome.replayed { "replayed" } else { "reserved" })
@@ -339,10 +365,12 @@ pub async fn get_reservation(
 ) -> Result<Json<Reservation>, ApiError> {
     let holder = header_credentials(&state, &headers)?;
     let id = reservation_id(&id)?;
-    let view = state
-        .engine()?
+    let engine = state.engine()?;
+    let view = engine
         .reservation_of(holder, id)
         .ok_or(ApiError::Engine(EngineError::ReservationNotFound, None))?;
+    // Show only what a crash cannot take back.
+    engine.durable(engine.holder_barrier(holder)).await?;
     Ok(Json(reservation_json(&state, &view)))
 }
 
@@ -438,6 +466,7 @@ pub async fn waitlist_me(
         "not_waiting",
         "the holder is not on a waiting list and has no open offer".into(),
     ))?;
+    engine.durable(engine.holder_barrier(holder)).await?;
     Ok(Json(WaitlistPlace {
         province_id: engine.catalog().provinces()[usize::from(status.province)].id,
         position: status.position,

@@ -252,6 +252,27 @@ impl Engine {
         now.max(before)
     }
 
+    /// Moves engine time forward to at least `at_ms` (recovery: the newest recorded instant).
+    pub(crate) fn raise_time_to(&self, at_ms: i64) {
+        self.last_now_ms.fetch_max(at_ms, Ordering::AcqRel);
+    }
+
+    /// The newest instant any reservation of the current state records.
+    pub(crate) fn newest_in_state_ms(&self) -> i64 {
+        self.shards
+            .iter()
+            .filter_map(|s| {
+                s.state
+                    .lock()
+                    .reservations
+                    .iter()
+                    .map(|r| r.updated_ms)
+                    .max()
+            })
+            .max()
+            .unwrap_or(i64::MIN)
+    }
+
     pub(crate) fn ctx(&self) -> Ctx<'_> {
         Ctx {
             catalog: &self.catalog,
@@ -320,6 +341,14 @@ impl Engine {
         })
     }
 
+    /// A ticket covering every decision staged so far in `holder`'s province: an answer that
+    /// shows the holder's state (a read, or `already_reserved`) waits on it, so it never shows
+    /// a decision that a crash could still take back.
+    pub fn holder_barrier(&self, holder: HolderIdx) -> Option<Ticket> {
+        let h = self.catalog.holder_facts(holder)?;
+        self.ticket_for_staged(usize::from(h.province))
+    }
+
     /// Reserves a seat in `caravan` for `holder`, or says precisely why not. With an
     /// idempotency key seen before for this holder and caravan, returns the original
     /// reservation (`replayed`); with the same key and another caravan, refuses.
@@ -381,6 +410,9 @@ impl Engine {
             return Err(EngineError::AlreadyReserved {
                 reservation: st.reservations[live as usize].id,
             });
+        }
+        if st.made[h.local as usize] >= crate::shard::RESERVATIONS_PER_HOLDER_MAX {
+            return Err(EngineError::TooManyReservations);
         }
         let slot = self.caravan_local[caravan as usize] as usize;
         if st.occupied[slot] >= c.capacity {
@@ -756,6 +788,9 @@ impl Engine {
                 reservation: st.reservations[live as usize].id,
             });
         }
+        if st.made[h.local as usize] >= crate::shard::RESERVATIONS_PER_HOLDER_MAX {
+            return Err(EngineError::TooManyReservations);
+        }
         let alternatives = self.alternatives(h.city, CaravanIdx::MAX);
         if !alternatives.is_empty() {
             return Err(EngineError::SeatsAvailable { alternatives });
@@ -1042,9 +1077,17 @@ impl Engine {
 
     fn expiry_loop(&self, idle_max: Duration) {
         while !self.stopping.load(Ordering::Acquire) {
-            if let Err(e) = self.expire_due() {
-                tracing::error!(error = %e, "expiry stopped: the log refused a decision");
-                return;
+            match self.expire_due() {
+                Ok(_) => {}
+                Err(EngineError::Overloaded) => {
+                    // The log is saturated for a moment: the deadlines stay pending; retry.
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "expiry stopped: the log refused a decision");
+                    return;
+                }
             }
             if self.records_committed() - self.records_at_snapshot.load(Ordering::Relaxed)
                 >= self.config.snapshot_every_records

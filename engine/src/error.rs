@@ -61,6 +61,9 @@ pub enum EngineError {
         /// Caravans of the holder's city with free seats.
         alternatives: Vec<CaravanIdx>,
     },
+    /// The holder has had as many reservations as one season allows (a reserve-cancel loop).
+    #[error("the holder has had too many reservations this season")]
+    TooManyReservations,
     /// A field of the request is not acceptable.
     #[error("invalid {field}: {message}")]
     InvalidField {

@@ -99,6 +99,8 @@ impl Engine {
         let cut = last_seq.clone();
         let mut replayed = 0u64;
         let mut schedule_from_log = snapshot_lsn.is_some() && engine.schedule_in_snapshot;
+        // Engine time must not step back across a restart, even if the clock is behind.
+        let mut newest_ms = engine.newest_in_state_ms();
         for rec in &pending {
             let s = usize::from(rec.shard);
             let fail = |why: String| {
@@ -123,11 +125,13 @@ impl Engine {
                 Record::decode(rec.kind, &arena[rec.start..rec.start + rec.len], rec.shard)
                     .map_err(&fail)?;
             engine.replay(s, &record).map_err(&fail)?;
+            newest_ms = newest_ms.max(record.at_ms());
             schedule_from_log |= matches!(record, Record::Schedule { .. });
             last_seq[s] = rec.shard_seq;
             replayed += 1;
         }
         drop(arena);
+        engine.raise_time_to(newest_ms);
         engine
             .check_invariants()
             .map_err(|e| EngineError::Recovery(format!("recovered state is inconsistent: {e}")))?;
@@ -198,16 +202,29 @@ impl Engine {
         put_u32(&mut out, SNAPSHOT_VERSION);
         put_u64(&mut out, self.catalog.fingerprint());
         put_u32(&mut out, self.shards.len() as u32);
+        let mut cuts = Vec::with_capacity(self.shards.len() + 1);
         {
             let global = self.global.lock();
-            put_u64(&mut out, wal.staged_seq(self.shards.len() as u16));
+            let cut = wal.staged_seq(self.shards.len() as u16);
+            cuts.push((self.shards.len() as u16, cut));
+            put_u64(&mut out, cut);
             out.push(u8::from(self.schedule_replaced.load(Ordering::Acquire)));
             encode_waves(&mut out, &global.waves);
         }
         for (p, shard) in self.shards.iter().enumerate() {
             let st = shard.state.lock();
-            put_u64(&mut out, wal.staged_seq(p as u16));
+            let cut = wal.staged_seq(p as u16);
+            cuts.push((p as u16, cut));
+            put_u64(&mut out, cut);
             encode_shard(&mut out, &st);
+        }
+        // The state captured may include records staged but not yet on disk. Writing the
+        // snapshot before they are would let it hold decisions the log lost in a crash (never
+        // acknowledged, and a gap in the log's sequence after it): wait for every cut first.
+        for (shard, seq) in cuts {
+            if seq > 0 {
+                wal.wait_durable(crate::wal::Ticket { shard, seq })?;
+            }
         }
         self.records_at_snapshot
             .store(self.records_committed(), Ordering::Relaxed);
@@ -369,6 +386,7 @@ fn decode_shard(
             }
         }
         st.latest[h.local as usize] = idx;
+        st.made[h.local as usize] = st.made[h.local as usize].saturating_add(1);
         st.reservations.push(Reservation {
             id,
             holder,

@@ -76,6 +76,17 @@ impl Record {
         }
     }
 
+    /// The instant the decision was made.
+    pub fn at_ms(&self) -> i64 {
+        match self {
+            Record::Reserve { at_ms, .. }
+            | Record::Advance { at_ms, .. }
+            | Record::End { at_ms, .. }
+            | Record::Join { at_ms, .. }
+            | Record::Schedule { at_ms, .. } => *at_ms,
+        }
+    }
+
     /// Appends the payload bytes (without the kind) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {

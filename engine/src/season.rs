@@ -81,6 +81,9 @@ pub enum NotEligible {
     NotCalled,
 }
 
+/// The longest wave name accepted, in bytes (names are logged and snapshotted).
+pub const WAVE_NAME_BYTES_MAX: usize = 200;
+
 /// The registration schedule: the list of waves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Schedule {
@@ -129,6 +132,12 @@ impl Schedule {
     /// have, or has an empty province list.
     pub fn validate(&self, catalog: &Catalog) -> Result<(), String> {
         for wave in &self.waves {
+            if wave.name.is_empty() || wave.name.len() > WAVE_NAME_BYTES_MAX {
+                return Err(format!(
+                    "wave name must be 1 to {WAVE_NAME_BYTES_MAX} bytes, not {}",
+                    wave.name.len()
+                ));
+            }
             if let Some(ids) = &wave.provinces {
                 if ids.is_empty() {
                     return Err(format!("wave {:?}: `provinces` is empty", wave.name));

@@ -490,6 +490,8 @@ async fn acknowledged_reservations_survive_sigkill_under_concurrent_load() {
 
 /// The seats free in the caravans of `city` of `province`, through the public list.
 async fn city_seats_free(http: &Http, province: u32, city: &str) -> u64 {
+    // The list is a cache at most a few milliseconds stale; read each caravan itself, which is
+    // always current, so the count reflects the decision just made.
     let answer = http
         .get(
             &format!("/v1/provinces/{province}/caravans?city={city}"),
@@ -500,7 +502,14 @@ async fn city_seats_free(http: &Http, province: u32, city: &str) -> u64 {
     let list = answer.json();
     let list = list.as_array().unwrap();
     assert!(!list.is_empty(), "no caravan listed for {city}");
-    list.iter().map(|c| c["seats_free"].as_u64().unwrap()).sum()
+    let mut free = 0;
+    for caravan in list {
+        let id = caravan["id"].as_str().unwrap();
+        let one = http.get(&format!("/v1/caravans/{id}"), &[]).await;
+        assert_eq!(one.status, 200, "{}", one.describe());
+        free += one.json()["seats_free"].as_u64().unwrap();
+    }
+    free
 }
 
 /// The holder's `GET /v1/waitlist/me`.

@@ -81,7 +81,7 @@ fn outcome_name(e: &EngineError) -> &'static str {
         EngineError::IdempotencyKeyReused => "idempotency_key_reused",
         EngineError::SeatsAvailable { .. } => "seats_available",
         EngineError::InvalidField { .. } => "invalid_field",
-        EngineError::TooManyReservations => "too_many_reservations",
+        EngineError::RegistrationEnded { .. } => "registration_ended",
         EngineError::Overloaded => "overloaded",
         EngineError::LogFailed(_) => "log_failed",
         EngineError::Config(_) | EngineError::Recovery(_) => "engine_error",

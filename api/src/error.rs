@@ -33,7 +33,7 @@ pub struct Problem {
     /// `caravan_full`, `seats_available`: caravans of the holder's city with free seats.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alternatives: Option<Vec<CaravanSummary>>,
-    /// `already_reserved`: the holder's live reservation.
+    /// `already_reserved`: the holder's live reservation; `registration_ended`: the ended one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reservation_id: Option<String>,
     /// `invalid_field`: the offending field.
@@ -263,9 +263,10 @@ fn engine_problem(
             p.alternatives = Some(alternatives.unwrap_or_default());
             StatusCode::CONFLICT
         }
-        EngineError::TooManyReservations => {
-            set(p, "Too many reservations", "too_many_reservations", &detail);
-            return (StatusCode::TOO_MANY_REQUESTS, Some(3600));
+        EngineError::RegistrationEnded { reservation } => {
+            set(p, "Registration ended", "registration_ended", &detail);
+            p.reservation_id = Some(reservation.to_string());
+            StatusCode::CONFLICT
         }
         EngineError::InvalidField { field, message } => {
             set(

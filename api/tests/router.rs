@@ -1207,10 +1207,11 @@ async fn a_second_reservation_is_409_already_reserved_with_the_live_id() {
         assert_eq!(r.body["reservation_id"], id);
     }
     assert_eq!(fx.seats_free("a1").await, 1);
-    // Once cancelled, the holder may reserve again.
+    // A choice is final: once cancelled, the holder cannot take another seat.
     assert_eq!(fx.cancel(&a(0), &id).await.status, StatusCode::OK);
-    let again = fx.reserve_ok(&a(0), "a2").await;
-    assert_ne!(again, id);
+    let again = fx.reserve(&a(0), "a2").await;
+    assert_problem(&again, StatusCode::CONFLICT, "registration_ended");
+    assert_eq!(again.body["reservation_id"], id);
 }
 
 #[tokio::test]

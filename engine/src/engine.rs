@@ -406,14 +406,7 @@ impl Engine {
             return Err(EngineError::ProvinceMismatch);
         }
         self.check_schedule(&st.schedule, h.province, h.receipt_day, now_ms)?;
-        if let Some(live) = st.live_of(h.local) {
-            return Err(EngineError::AlreadyReserved {
-                reservation: st.reservations[live as usize].id,
-            });
-        }
-        if st.made[h.local as usize] >= crate::shard::RESERVATIONS_PER_HOLDER_MAX {
-            return Err(EngineError::TooManyReservations);
-        }
+        Self::check_first_registration(&st, h.local)?;
         let slot = self.caravan_local[caravan as usize] as usize;
         if st.occupied[slot] >= c.capacity {
             return Err(EngineError::CaravanFull {
@@ -444,6 +437,24 @@ impl Engine {
             },
             ticket,
         })
+    }
+
+    /// A holder registers once a season: a live reservation answers `already_reserved`; an
+    /// ended one (cancelled, expired, rejected, a declined or lapsed offer) answers
+    /// `registration_ended`, since a choice is final and a death or medical rejection ends the
+    /// registration for good.
+    fn check_first_registration(st: &ShardState, local: u32) -> Result<(), EngineError> {
+        let Some(&latest) = st.latest.get(local as usize) else {
+            return Ok(());
+        };
+        let Some(r) = st.reservations.get(latest as usize) else {
+            return Ok(());
+        };
+        if r.status.is_live() {
+            Err(EngineError::AlreadyReserved { reservation: r.id })
+        } else {
+            Err(EngineError::RegistrationEnded { reservation: r.id })
+        }
     }
 
     fn check_schedule(
@@ -783,14 +794,7 @@ impl Engine {
             });
         }
         self.check_schedule(&st.schedule, h.province, h.receipt_day, now_ms)?;
-        if let Some(live) = st.live_of(h.local) {
-            return Err(EngineError::AlreadyReserved {
-                reservation: st.reservations[live as usize].id,
-            });
-        }
-        if st.made[h.local as usize] >= crate::shard::RESERVATIONS_PER_HOLDER_MAX {
-            return Err(EngineError::TooManyReservations);
-        }
+        Self::check_first_registration(&st, h.local)?;
         let alternatives = self.alternatives(h.city, CaravanIdx::MAX);
         if !alternatives.is_empty() {
             return Err(EngineError::SeatsAvailable { alternatives });

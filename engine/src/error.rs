@@ -61,9 +61,13 @@ pub enum EngineError {
         /// Caravans of the holder's city with free seats.
         alternatives: Vec<CaravanIdx>,
     },
-    /// The holder has had as many reservations as one season allows (a reserve-cancel loop).
-    #[error("the holder has had too many reservations this season")]
-    TooManyReservations,
+    /// The holder's registration for this season has ended (cancelled, expired, rejected,
+    /// deceased, or an offer declined or lapsed): a choice is final.
+    #[error("the holder's registration for this season has ended; a choice is final")]
+    RegistrationEnded {
+        /// The ended reservation.
+        reservation: ReservationId,
+    },
     /// A field of the request is not acceptable.
     #[error("invalid {field}: {message}")]
     InvalidField {

@@ -386,7 +386,6 @@ fn decode_shard(
             }
         }
         st.latest[h.local as usize] = idx;
-        st.made[h.local as usize] = st.made[h.local as usize].saturating_add(1);
         st.reservations.push(Reservation {
             id,
             holder,

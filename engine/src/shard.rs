@@ -21,9 +21,6 @@ use crate::waitlist::Waitlist;
 
 /// Marker for "no reservation" in the per-holder table.
 pub(crate) const NO_RESERVATION: u32 = u32::MAX;
-/// How many reservations (holds and offers, ended ones included) one holder may have in a
-/// season: far above any honest use, and a bound on what a reserve-cancel loop can grow.
-pub(crate) const RESERVATIONS_PER_HOLDER_MAX: u16 = 64;
 /// How many idempotency keys one holder keeps; older ones are forgotten first.
 pub(crate) const IDEMPOTENCY_KEYS_PER_HOLDER_MAX: usize = 4;
 
@@ -80,8 +77,7 @@ pub(crate) struct ShardState {
     pub reservations: Vec<Reservation>,
     /// Per holder (local index): the index of their latest reservation.
     pub latest: Vec<u32>,
-    /// Per holder (local index): how many reservations they have had.
-    pub made: Vec<u16>,
+
     /// Pending deadlines: (deadline, reservation index). Entries go stale when a reservation
     /// moves on; a popped entry counts only if it still matches the reservation.
     pub timers: BinaryHeap<Reverse<(i64, u32)>>,
@@ -117,7 +113,7 @@ impl Shard {
             // Sized for the province's seats taken twice over, so the rush does not regrow.
             reservations: Vec::with_capacity(total as usize * 2),
             latest: vec![NO_RESERVATION; holders as usize],
-            made: vec![0; holders as usize],
+
             timers: BinaryHeap::new(),
             waitlist: Waitlist::new(first_day, last_day),
             idempotency: FxHashMap::default(),
@@ -309,7 +305,6 @@ impl ShardState {
                     end_reason: None,
                 });
                 self.latest[local as usize] = idx;
-                self.made[local as usize] = self.made[local as usize].saturating_add(1);
                 if status == Status::Held {
                     counters.holds_live.fetch_add(1, Ordering::Relaxed);
                 }
@@ -492,7 +487,6 @@ impl ShardState {
                 });
                 let local = self.local_holder(ctx, offer.holder)?;
                 self.latest[local as usize] = offered;
-                self.made[local as usize] = self.made[local as usize].saturating_add(1);
                 counters.holds_live.fetch_add(1, Ordering::Relaxed);
                 self.push_timer(counters, Some(offer.deadline_ms), offered);
             }

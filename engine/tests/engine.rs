@@ -214,7 +214,8 @@ fn a_clock_stepping_back_neither_resurrects_nor_reorders() {
     w.engine.expire_due().unwrap();
     w.clock.set(T0);
     assert_eq!(w.status(id).0, Status::Expired);
-    let again = w.reserve(1000, "a1").unwrap();
+    check_err(w.reserve(1000, "a1"), "RegistrationEnded");
+    let again = w.reserve(1001, "a1").unwrap();
     let view = w.engine.reservation(again).unwrap();
     assert_eq!(
         view.created_ms,
@@ -234,6 +235,9 @@ fn cancel_frees_the_seat_and_only_the_owner_sees_the_reservation() {
     assert_eq!(w.free("a2"), 1);
     check_err(w.engine.cancel(w.holder(1000), id), "InvalidTransition");
     w.reserve(1001, "a2").unwrap();
+    // A choice is final: the holder who cancelled cannot take another seat or wait for one.
+    check_err(w.reserve(1000, "a1"), "RegistrationEnded");
+    check_err(w.engine.join_waitlist(w.holder(1000)), "RegistrationEnded");
 }
 
 #[test]

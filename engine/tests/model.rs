@@ -153,6 +153,16 @@ impl Model {
             .filter(|&i| self.res[i].status.is_live())
     }
 
+    /// One registration a season: a live one is `AlreadyReserved`, an ended one final.
+    fn registered(&self, holder: usize) -> Option<Outcome> {
+        let &i = self.latest.get(&holder)?;
+        Some(if self.res[i].status.is_live() {
+            Model::err("AlreadyReserved")
+        } else {
+            Model::err("RegistrationEnded")
+        })
+    }
+
     fn err(name: &str) -> Outcome {
         Outcome::Err(name.to_owned())
     }
@@ -334,8 +344,8 @@ impl Model {
         if let Err(e) = self.eligible(holder) {
             return e;
         }
-        if self.live_of(holder).is_some() {
-            return Model::err("AlreadyReserved");
+        if let Some(e) = self.registered(holder) {
+            return e;
         }
         if self.occupied(caravan) >= capacity {
             return Model::err("CaravanFull");
@@ -368,8 +378,8 @@ impl Model {
         if let Err(e) = self.eligible(holder) {
             return e;
         }
-        if self.live_of(holder).is_some() {
-            return Model::err("AlreadyReserved");
+        if let Some(e) = self.registered(holder) {
+            return e;
         }
         let free_in_city = (0..self.caravans.len())
             .any(|c| self.caravans[c].1 == city && self.occupied(c) < self.caravans[c].2);

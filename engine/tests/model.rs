@@ -146,12 +146,6 @@ impl Model {
             .count() as u32
     }
 
-    fn live_of(&self, holder: usize) -> Option<usize> {
-        self.latest
-            .get(&holder)
-            .copied()
-            .filter(|&i| self.res[i].status.is_live())
-    }
 
     /// One registration a season: a live one is `AlreadyReserved`, an ended one final.
     fn registered(&self, holder: usize) -> Option<Outcome> {

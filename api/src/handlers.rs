@@ -200,7 +200,7 @@ pub async fn province_caravans(
 ) -> Result<Response, ApiError> {
     let engine = state.engine()?;
     let not_found = || ApiError::NotFound("province_not_found", format!("no province {id:?}"));
-    let province = id
+    let province = miqat_engine::calendar::normalize_digits(&id)
         .parse::<u32>()
         .ok()
         .and_then(|id| engine.catalog().province_by_id(id))
@@ -248,8 +248,11 @@ pub async fn province_caravans(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim() == list.etag || t.trim() == "*")
+            // If-None-Match compares weakly (RFC 9110): a proxy may have marked the tag W/.
+            v.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || t.strip_prefix("W/").unwrap_or(t) == list.etag
+            })
         });
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
@@ -483,7 +486,11 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110); the token is not.
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
         .unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) && !expected.is_empty() {
         Ok(())

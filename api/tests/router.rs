@@ -735,6 +735,43 @@ async fn unknown_province_is_404() {
 }
 
 #[tokio::test]
+async fn weak_etags_lowercase_bearer_and_persian_digits_in_paths_are_understood() {
+    let fx = Fx::new();
+    let first = fx.get("/v1/provinces/1/caravans").await;
+    let weak = format!("W/{}", first.header("etag").unwrap());
+    let r = fx
+        .send(
+            Method::GET,
+            "/v1/provinces/1/caravans",
+            &[("if-none-match", &weak)],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    let persian = fx.get("/v1/provinces/%DB%B1/caravans").await;
+    assert_eq!(persian.status, StatusCode::OK);
+    assert_eq!(persian.body, first.body);
+    let r = fx
+        .send(
+            Method::GET,
+            "/v1/admin/stats",
+            &[("authorization", "bearer secret")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = fx
+        .send(
+            Method::GET,
+            "/v1/admin/stats",
+            &[("authorization", "bearer SECRET")],
+            None,
+        )
+        .await;
+    assert_problem(&r, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
 async fn filtered_caravan_lists_are_cached_with_their_own_etags() {
     let fx = Fx::new();
     let uri = "/v1/provinces/1/caravans?city=A&available=true";

@@ -414,7 +414,9 @@ impl CatalogBuilder {
         }
         let local = *count;
         *count += 1;
-        let tracking_code = push_text(&mut c.text, tracking_code)?;
+        // Stored with ASCII digits: people type Persian digits too, and login normalises them.
+        let tracking_code = crate::calendar::normalize_digits(tracking_code.trim());
+        let tracking_code = push_text(&mut c.text, &tracking_code)?;
         let receipt_no = push_text(&mut c.text, receipt_no)?;
         c.holders.push(HolderRow {
             national_id,

@@ -297,7 +297,8 @@ impl Engine {
         let expected = found
             .and_then(|idx| self.catalog.holder(idx))
             .map_or("", |h| h.tracking_code);
-        let equal = constant_time_eq(expected.as_bytes(), tracking_code.as_bytes());
+        let given = crate::calendar::normalize_digits(tracking_code.trim());
+        let equal = constant_time_eq(expected.as_bytes(), given.as_bytes());
         match found {
             Some(idx) if equal && !expected.is_empty() => Ok(idx),
             _ => Err(EngineError::InvalidCredentials),

@@ -168,6 +168,9 @@ pub fn load_catalog_with_report(dir: &Path) -> Result<(Catalog, LoadReport), Loa
 /// An open CSV file with its columns resolved.
 struct CsvInput {
     file: String,
+    /// Added to the csv reader's line numbers: it reports lines one too low in files with
+    /// CRLF line ends (it counts a record's line before the previous line's `\n`).
+    line_offset: u64,
     reader: csv::Reader<BufReader<File>>,
     columns: Vec<usize>,
     size_bytes: u64,
@@ -183,13 +186,14 @@ impl CsvInput {
             source,
         })?;
         let size_bytes = handle.metadata().map(|m| m.len()).unwrap_or(0);
+        let line_offset = u64::from(first_line_ends_with_crlf(&path));
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .buffer_capacity(1 << 16)
             .from_reader(BufReader::with_capacity(1 << 16, handle));
         let headers = reader
             .byte_headers()
-            .map_err(|e| csv_error(&file, e))?
+            .map_err(|e| csv_error(&file, e, 0))?
             .clone();
         let names: Vec<String> = headers
             .iter()
@@ -239,6 +243,7 @@ impl CsvInput {
         }
         Ok(CsvInput {
             file,
+            line_offset,
             reader,
             columns,
             size_bytes,
@@ -248,15 +253,32 @@ impl CsvInput {
     /// Reads the next record into `record`; returns its line, or `None` at the end.
     fn next(&mut self, record: &mut ByteRecord) -> Result<Option<u64>, LoadError> {
         match self.reader.read_byte_record(record) {
-            Ok(true) => Ok(Some(record.position().map_or(0, |p| p.line()))),
+            Ok(true) => Ok(Some(
+                record.position().map_or(0, |p| p.line()) + self.line_offset,
+            )),
             Ok(false) => Ok(None),
-            Err(e) => Err(csv_error(&self.file, e)),
+            Err(e) => Err(csv_error(&self.file, e, self.line_offset)),
         }
     }
 }
 
-fn csv_error(file: &str, error: csv::Error) -> LoadError {
-    let line = error.position().map(|p| p.line());
+/// Whether the file's first line ends with CRLF (it decides how csv's line numbers read).
+fn first_line_ends_with_crlf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 4096];
+    let Ok(n) = File::open(path).and_then(|mut f| f.read(&mut head)) else {
+        return false;
+    };
+    head[..n]
+        .iter()
+        .position(|&b| b == b'\n')
+        .is_some_and(|i| i > 0 && head[i - 1] == b'\r')
+}
+
+fn csv_error(file: &str, error: csv::Error, line_offset: u64) -> LoadError {
+    let line = error
+        .position()
+        .map(|p| p.line() + if p.line() > 1 { line_offset } else { 0 });
     match error.into_kind() {
         csv::ErrorKind::Io(source) => LoadError::Io {
             file: file.to_owned(),

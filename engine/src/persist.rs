@@ -132,6 +132,12 @@ impl Engine {
         }
         drop(arena);
         engine.raise_time_to(newest_ms);
+        if schedule_from_log && *engine.schedule() != engine.season.schedule {
+            tracing::warn!(
+                "the schedule replaced at run time (PUT /v1/admin/waves) is in force; the waves \
+                 of the season file differ and are ignored"
+            );
+        }
         engine
             .check_invariants()
             .map_err(|e| EngineError::Recovery(format!("recovered state is inconsistent: {e}")))?;

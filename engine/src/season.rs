@@ -76,8 +76,8 @@ pub enum NotEligible {
         /// The earliest future opening that calls this holder, if any.
         opens_at_ms: Option<i64>,
     },
-    /// Waves are open for the province, but the receipt is later than every open wave's cutoff
-    /// and no future wave calls it.
+    /// Waves include the province, but the receipt is later than every one's cutoff, open or to
+    /// come.
     NotCalled,
 }
 
@@ -102,6 +102,7 @@ impl Schedule {
         now_ms: i64,
     ) -> Result<(), NotEligible> {
         let mut any_open = false;
+        let mut any_including = false;
         let mut next_opening: Option<i64> = None;
         for wave in &self.waves {
             let includes = wave
@@ -111,6 +112,7 @@ impl Schedule {
             if !includes {
                 continue;
             }
+            any_including = true;
             let calls = receipt_day <= wave.receipts_until_day;
             if wave.opens_at_ms <= now_ms {
                 if calls {
@@ -122,16 +124,32 @@ impl Schedule {
                     Some(next_opening.map_or(wave.opens_at_ms, |t| t.min(wave.opens_at_ms)));
             }
         }
-        match (any_open, next_opening) {
+        match (any_open || any_including, next_opening) {
+            // Waves exist for the province, but none (open or to come) reaches this receipt.
             (true, None) => Err(NotEligible::NotCalled),
             (_, opens_at_ms) => Err(NotEligible::NotOpen { opens_at_ms }),
         }
     }
 
     /// Returns an error naming the first wave that lists a province id the catalog does not
-    /// have, or has an empty province list.
+    /// have (or one twice), has an empty province list, a name out of bounds, or a name another
+    /// wave has.
     pub fn validate(&self, catalog: &Catalog) -> Result<(), String> {
-        for wave in &self.waves {
+        for (i, wave) in self.waves.iter().enumerate() {
+            if self.waves[..i].iter().any(|w| w.name == wave.name) {
+                return Err(format!("wave {:?} is listed twice", wave.name));
+            }
+            if let Some(ids) = &wave.provinces
+                && let Some(id) = ids
+                    .iter()
+                    .enumerate()
+                    .find_map(|(j, id)| ids[..j].contains(id).then_some(id))
+            {
+                return Err(format!(
+                    "wave {:?}: province id {id} is listed twice",
+                    wave.name
+                ));
+            }
             if wave.name.is_empty() || wave.name.len() > WAVE_NAME_BYTES_MAX {
                 return Err(format!(
                     "wave name must be 1 to {WAVE_NAME_BYTES_MAX} bytes, not {}",

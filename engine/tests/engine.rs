@@ -71,6 +71,9 @@ fn credentials_are_one_answer_for_unknown_id_and_wrong_code() {
     check_err(w.engine.authenticate(1000, "t1"), "InvalidCredentials");
     check_err(w.engine.authenticate(424242, "t0"), "InvalidCredentials");
     check_err(w.engine.authenticate(1000, ""), "InvalidCredentials");
+    // People type Persian digits: the tracking code "t12" of holder 1012 as "t۱۲".
+    let w = world(5);
+    assert_eq!(w.engine.authenticate(1012, "t۱۲").unwrap(), w.holder(1012));
 }
 
 #[test]
@@ -374,6 +377,37 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
         }]),
         "InvalidField",
     );
+    let wave = |name: &str, provinces: Option<Vec<u32>>| Wave {
+        name: name.into(),
+        receipts_until_day: 0,
+        opens_at_ms: 0,
+        provinces,
+    };
+    check_err(
+        w.engine
+            .replace_schedule(vec![wave("a", None), wave("a", None)]),
+        "InvalidField",
+    );
+    check_err(
+        w.engine.replace_schedule(vec![wave("a", Some(vec![1, 1]))]),
+        "InvalidField",
+    );
+}
+
+#[test]
+fn a_receipt_no_wave_will_ever_reach_is_not_called_even_before_opening() {
+    let early = ManualClock::new(T0 - 60_000);
+    let engine = Engine::in_memory(
+        catalog(2),
+        season(),
+        Arc::new(early),
+        EngineConfig::default(),
+    )
+    .unwrap();
+    let late = engine.catalog().holder_by_national_id(998).unwrap();
+    let a1 = engine.catalog().caravan_by_id("a1").unwrap();
+    let err = engine.reserve(late, a1, None).unwrap_err();
+    assert!(matches!(err, EngineError::NotCalled), "{err:?}");
 }
 
 #[test]

@@ -713,3 +713,14 @@ fn schedule_and_season_round_trip() {
         Season::default()
     );
 }
+
+#[test]
+fn line_numbers_are_right_in_crlf_files_too() {
+    let bad = holders_with("0000000000,22222222,R2,1386/02/10,valid,2,Qom");
+    let crlf = bad.replace('\n', "\r\n");
+    check("holders.csv", &bad, 3, "national_id", "");
+    check("holders.csv", &crlf, 3, "national_id", "");
+    let caravans =
+        caravans_with("C2,2,Qom,M,0,A,medina_first,1399/04/10,1,0").replace('\n', "\r\n");
+    check("caravans.csv", &caravans, 3, "capacity", "");
+}

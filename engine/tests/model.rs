@@ -146,7 +146,6 @@ impl Model {
             .count() as u32
     }
 
-
     /// One registration a season: a live one is `AlreadyReserved`, an ended one final.
     fn registered(&self, holder: usize) -> Option<Outcome> {
         let &i = self.latest.get(&holder)?;

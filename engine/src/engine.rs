@@ -388,9 +388,20 @@ impl Engine {
                 let idx = st
                     .find(entry.reservation)
                     .ok_or(EngineError::ReservationNotFound)?;
-                let reservation = st
+                let mut reservation = st
                     .view(&self.catalog, idx)
                     .ok_or(EngineError::ReservationNotFound)?;
+                // The original answer: the reservation as it was created, whatever happened
+                // to it since.
+                reservation.status = if entry.stage.is_some() {
+                    Status::Held
+                } else {
+                    Status::Confirmed
+                };
+                reservation.stage = entry.stage;
+                reservation.deadline_ms = entry.deadline_ms;
+                reservation.updated_ms = reservation.created_ms;
+                reservation.end_reason = None;
                 return Ok(Committed {
                     value: ReserveOutcome {
                         reservation,

@@ -334,6 +334,8 @@ fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
         put_u32(out, e.caravan);
         put_id(out, e.reservation);
         put_i64(out, e.at_ms);
+        put_stage(out, e.stage);
+        put_opt_i64(out, e.deadline_ms);
     }
 }
 
@@ -433,6 +435,8 @@ fn decode_shard(
         let caravan = r.u32()?;
         let reservation = r.id(st.province)?;
         let at_ms = r.i64()?;
+        let stage = r.stage()?;
+        let deadline_ms = r.opt_i64()?;
         st.idempotency
             .entry(local)
             .or_default()
@@ -441,6 +445,8 @@ fn decode_shard(
                 caravan,
                 reservation,
                 at_ms,
+                stage,
+                deadline_ms,
             });
     }
     Ok(())

@@ -38,6 +38,10 @@ pub(crate) struct IdempotencyEntry {
     pub caravan: CaravanIdx,
     pub reservation: ReservationId,
     pub at_ms: i64,
+    /// The stage and deadline the reservation was created with: a retry gets the original
+    /// answer, not the reservation as it stands now.
+    pub stage: Option<crate::season::Stage>,
+    pub deadline_ms: Option<i64>,
 }
 
 /// The lock-free side of a shard: counters readers load without taking the lock.
@@ -321,6 +325,8 @@ impl ShardState {
                         caravan: *caravan,
                         reservation: *id,
                         at_ms: *at_ms,
+                        stage: *stage,
+                        deadline_ms: *deadline_ms,
                     });
                 }
                 self.push_timer(counters, *deadline_ms, idx);

@@ -137,9 +137,15 @@ fn idempotency_key_replays_the_original_and_refuses_another_body() {
     check_err(w.engine.reserve(h, a2, Some(b"k1")), "IdempotencyKeyReused");
     check_err(w.engine.reserve(h, a1, Some(&[b'x'; 300])), "InvalidField");
     assert_eq!(w.free("a1"), 1);
+    // The original answer, whatever happened since: a cancelled reservation replays as held.
+    let _ = w.engine.cancel(h, first.reservation.id).unwrap();
+    let replay = w.engine.reserve(h, a1, Some(b"k1")).unwrap().value;
+    assert!(replay.replayed);
+    assert_eq!(replay.reservation, first.reservation);
+    let _ = w.engine.reserve(w.holder(1001), a1, None).unwrap();
     // Past the retention window the key is forgotten: the request is decided afresh.
     w.clock.advance(24 * 3_600_000 + 1);
-    check_err(w.engine.reserve(h, a1, Some(b"k1")), "AlreadyReserved");
+    check_err(w.engine.reserve(h, a1, Some(b"k1")), "RegistrationEnded");
 }
 
 #[test]

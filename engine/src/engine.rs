@@ -521,23 +521,28 @@ impl Engine {
 
     /// Free seats of a whole province, without taking any lock.
     pub fn province_free_seats(&self, province: ProvinceIdx) -> u32 {
-        self.shards
-            .get(usize::from(province))
-            .map_or(0, |s| s.counters.free_total.load(Ordering::Acquire))
+        self.province_counter(province, |c| &c.free_total)
     }
 
     /// Live holds and offers (not yet confirmed) of a province, without taking any lock.
     pub fn province_holds_live(&self, province: ProvinceIdx) -> u32 {
-        self.shards
-            .get(usize::from(province))
-            .map_or(0, |s| s.counters.holds_live.load(Ordering::Acquire))
+        self.province_counter(province, |c| &c.holds_live)
     }
 
     /// Holders waiting in a province, without taking any lock.
     pub fn province_waiting(&self, province: ProvinceIdx) -> u32 {
+        self.province_counter(province, |c| &c.waiting)
+    }
+
+    /// One of a province's lock-free counters (0 for an unknown province).
+    fn province_counter(
+        &self,
+        province: ProvinceIdx,
+        counter: impl Fn(&crate::shard::ShardCounters) -> &crate::sync::AtomicU32,
+    ) -> u32 {
         self.shards
             .get(usize::from(province))
-            .map_or(0, |s| s.counters.waiting.load(Ordering::Acquire))
+            .map_or(0, |s| counter(&s.counters).load(Ordering::Acquire))
     }
 
     /// Seats of a province over all its caravans.

@@ -2632,3 +2632,79 @@ async fn a_path_id_that_is_not_utf8_is_a_problem_document() {
         );
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// A request cancelled while it waits for durability
+// ------------------------------------------------------------------------------------------
+
+/// A client that gives up (or times out) while its reservation waits for the disk leaves no
+/// half-made decision: the reservation is whole, durable once the log catches up, survives a
+/// crash, and the client's retry with the same key gets exactly it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cancelled_while_waiting_for_the_disk_leaves_no_half_made_decision() {
+    use miqat_engine::wal::{MemStorage, Storage};
+    let memory = MemStorage::new();
+    let open = |memory: &MemStorage| {
+        let storage: Arc<dyn Storage> = Arc::new(memory.clone());
+        Engine::open(
+            catalog(),
+            season_opening_at(T0),
+            Arc::new(ManualClock::new(T0)),
+            storage,
+            EngineConfig::default(),
+        )
+        .unwrap()
+        .0
+    };
+    let state = AppState::new(catalog(), config(), None);
+    let engine = open(&memory);
+    state.set_engine(Arc::clone(&engine));
+    let router = app(state);
+    let body = json!({
+        "national_id": a(0).national_id,
+        "tracking_code": a(0).tracking_code,
+        "caravan_id": "a1",
+    })
+    .to_string();
+    let request = || {
+        Request::post("/v1/reservations")
+            .header("content-type", "application/json")
+            .header("idempotency-key", "retry-me")
+            .body(Body::from(body.clone()))
+            .unwrap()
+    };
+    // The client gives up at the first moment the handler has to wait.
+    let abandoned =
+        tokio::time::timeout(Duration::from_nanos(1), router.clone().oneshot(request())).await;
+    drop(abandoned);
+    engine.check_invariants().unwrap();
+    let held = engine.stats().by_status[1];
+    assert!(held <= 1, "at most the one reservation");
+
+    // The retry gets the reservation the first request made (or makes it, if the first never
+    // reached the engine): exactly one either way, answered only once durable.
+    let retry = router.clone().oneshot(request()).await.unwrap();
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    let replayed = retry.headers().get("idempotent-replayed").is_some();
+    let json: Value =
+        serde_json::from_slice(&retry.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let id = json["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        replayed,
+        held == 1,
+        "a retry replays what the abandoned request decided"
+    );
+    assert_eq!(engine.stats().by_status[1], 1);
+
+    // Power loss right after the retry's 201: the reservation is there.
+    drop(router);
+    drop(engine);
+    memory.crash();
+    let recovered = open(&memory);
+    let id = miqat_engine::model::ReservationId::parse(&id).unwrap();
+    assert_eq!(
+        recovered.reservation(id).map(|v| v.status),
+        Some(miqat_engine::model::Status::Held)
+    );
+    recovered.check_invariants().unwrap();
+}

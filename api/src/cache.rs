@@ -42,6 +42,8 @@ pub struct CachedList {
     free: Vec<u32>,
     /// The strong ETag of `body`, quoted.
     pub etag: String,
+    /// The same, ready to send.
+    pub etag_header: axum::http::HeaderValue,
     /// The JSON array of caravans.
     pub body: Bytes,
 }
@@ -77,6 +79,7 @@ impl CaravanListCache {
                 checked: Instant::now(),
                 free,
                 etag: old.etag.clone(),
+                etag_header: old.etag_header.clone(),
                 body: old.body.clone(),
             },
             _ => build(engine, key, &candidates, free),
@@ -129,10 +132,13 @@ fn build(engine: &Engine, key: &ListKey, candidates: &[CaravanIdx], free: Vec<u3
     key.hash(&mut hasher);
     catalog.fingerprint().hash(&mut hasher);
     free.hash(&mut hasher);
+    let etag = format!("\"p{}-{:016x}\"", key.province, hasher.finish());
     CachedList {
         checked: Instant::now(),
         free,
-        etag: format!("\"p{}-{:016x}\"", key.province, hasher.finish()),
+        etag_header: axum::http::HeaderValue::from_str(&etag)
+            .unwrap_or(axum::http::HeaderValue::from_static("\"\"")),
+        etag,
         body,
     }
 }

@@ -243,7 +243,7 @@ pub async fn province_caravans(
         available_only: query.available == Some(true),
     };
     let list = state.inner.cache.get(engine, &key);
-    let etag = HeaderValue::from_str(&list.etag).unwrap_or(HeaderValue::from_static("\"\""));
+    let etag = list.etag_header.clone();
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())

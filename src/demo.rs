@@ -66,28 +66,6 @@ impl Tally {
     }
 }
 
-fn outcome_name(e: &EngineError) -> &'static str {
-    match e {
-        EngineError::InvalidCredentials => "invalid_credentials",
-        EngineError::ReceiptNeedsConversion => "receipt_needs_conversion",
-        EngineError::RegistrationNotOpen { .. } => "registration_not_open",
-        EngineError::NotCalled => "not_called",
-        EngineError::ProvinceMismatch => "province_mismatch",
-        EngineError::CaravanNotFound => "caravan_not_found",
-        EngineError::ReservationNotFound => "reservation_not_found",
-        EngineError::CaravanFull { .. } => "caravan_full",
-        EngineError::AlreadyReserved { .. } => "already_reserved",
-        EngineError::InvalidTransition { .. } => "invalid_transition",
-        EngineError::IdempotencyKeyReused => "idempotency_key_reused",
-        EngineError::SeatsAvailable { .. } => "seats_available",
-        EngineError::InvalidField { .. } => "invalid_field",
-        EngineError::RegistrationEnded { .. } => "registration_ended",
-        EngineError::Overloaded => "overloaded",
-        EngineError::LogFailed(_) => "log_failed",
-        EngineError::Config(_) | EngineError::Recovery(_) => "engine_error",
-    }
-}
-
 /// Runs the demo; returns an error (non-zero exit) if any invariant fails.
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let dir = args
@@ -275,7 +253,7 @@ fn rush(
         let c = catalog.caravans_of_city(catalog.holder(h).map_or(0, |h| h.city));
         if let Some(&c) = c.first() {
             match engine.reserve(h, c, None) {
-                Err(e) => tally.add(outcome_name(&e)),
+                Err(e) => tally.add(e.code()),
                 Ok(_) => tally.add("reserved_before_opening"),
             }
         }
@@ -363,7 +341,7 @@ fn journey(
         if catalog.caravans()[other as usize].province != holder.province
             && let Err(e) = engine.reserve(h, other, None)
         {
-            tally.add(outcome_name(&e));
+            tally.add(e.code());
         }
     }
     // Preference skew: the first caravans of the list draw most people.
@@ -408,7 +386,7 @@ fn journey(
             }
         }
         Err(e) => {
-            tally.add(outcome_name(&e));
+            tally.add(e.code());
             None
         }
     }
@@ -421,7 +399,7 @@ fn join_waitlist(engine: &Engine, h: HolderIdx, tally: &Tally) {
                 tally.add("joined_waitlist");
             }
         }
-        Err(e) => tally.add(outcome_name(&e)),
+        Err(e) => tally.add(e.code()),
     }
 }
 
@@ -440,7 +418,7 @@ fn retry_alternative(
             Some(c.value.reservation.id)
         }
         Err(e) => {
-            tally.add(outcome_name(&e));
+            tally.add(e.code());
             if matches!(e, EngineError::CaravanFull { .. }) {
                 join_waitlist(engine, h, tally);
             }

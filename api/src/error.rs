@@ -195,22 +195,18 @@ fn engine_problem(
     alternatives: Option<Vec<CaravanSummary>>,
 ) -> (StatusCode, Option<u64>) {
     let detail = e.to_string();
+    let code = e.code();
     let status = match e {
         EngineError::InvalidCredentials => {
-            set(p, "Invalid credentials", "invalid_credentials", &detail);
+            set(p, "Invalid credentials", code, &detail);
             StatusCode::UNAUTHORIZED
         }
         EngineError::ReceiptNeedsConversion => {
-            set(
-                p,
-                "Receipt needs conversion",
-                "receipt_needs_conversion",
-                &detail,
-            );
+            set(p, "Receipt needs conversion", code, &detail);
             StatusCode::FORBIDDEN
         }
         EngineError::RegistrationNotOpen { opens_at_ms } => {
-            set(p, "Registration not open", "registration_not_open", &detail);
+            set(p, "Registration not open", code, &detail);
             p.opens_at = opens_at_ms.map(format_rfc3339_utc);
             p.opens_at_jalali = opens_at_ms.map(format_tehran_jalali);
             if let Some(jalali) = &p.opens_at_jalali {
@@ -219,67 +215,57 @@ fn engine_problem(
             StatusCode::FORBIDDEN
         }
         EngineError::NotCalled => {
-            set(p, "Not called", "not_called", &detail);
+            set(p, "Not called", code, &detail);
             StatusCode::FORBIDDEN
         }
         EngineError::ProvinceMismatch => {
-            set(p, "Province mismatch", "province_mismatch", &detail);
+            set(p, "Province mismatch", code, &detail);
             StatusCode::FORBIDDEN
         }
         EngineError::CaravanNotFound => {
-            set(p, "Caravan not found", "caravan_not_found", &detail);
+            set(p, "Caravan not found", code, &detail);
             StatusCode::NOT_FOUND
         }
         EngineError::ReservationNotFound => {
-            set(p, "Reservation not found", "reservation_not_found", &detail);
+            set(p, "Reservation not found", code, &detail);
             StatusCode::NOT_FOUND
         }
         EngineError::CaravanFull { .. } => {
-            set(p, "Caravan is full", "caravan_full", &detail);
+            set(p, "Caravan is full", code, &detail);
             p.alternatives = Some(alternatives.unwrap_or_default());
             StatusCode::CONFLICT
         }
         EngineError::AlreadyReserved { reservation } => {
-            set(p, "Already reserved", "already_reserved", &detail);
+            set(p, "Already reserved", code, &detail);
             p.reservation_id = Some(reservation.to_string());
             StatusCode::CONFLICT
         }
         EngineError::InvalidTransition { status, .. } => {
-            set(p, "Invalid transition", "invalid_transition", &detail);
+            set(p, "Invalid transition", code, &detail);
             p.reservation_status = Some(status.as_str());
             StatusCode::CONFLICT
         }
         EngineError::IdempotencyKeyReused => {
-            set(
-                p,
-                "Idempotency key reused",
-                "idempotency_key_reused",
-                &detail,
-            );
+            set(p, "Idempotency key reused", code, &detail);
             StatusCode::UNPROCESSABLE_ENTITY
         }
         EngineError::SeatsAvailable { .. } => {
-            set(p, "Seats available", "seats_available", &detail);
+            set(p, "Seats available", code, &detail);
             p.alternatives = Some(alternatives.unwrap_or_default());
             StatusCode::CONFLICT
         }
         EngineError::RegistrationEnded { reservation } => {
-            set(p, "Registration ended", "registration_ended", &detail);
+            set(p, "Registration ended", code, &detail);
             p.reservation_id = Some(reservation.to_string());
             StatusCode::CONFLICT
         }
         EngineError::InvalidField { field, message } => {
-            set(
-                p,
-                "Invalid field",
-                "invalid_field",
-                &format!("{field}: {message}"),
-            );
+            set(p, "Invalid field", code, &format!("{field}: {message}"));
             p.field = Some((*field).to_owned());
             StatusCode::UNPROCESSABLE_ENTITY
         }
         EngineError::Overloaded => {
-            set(p, "Overloaded", "overloaded", &detail);
+            set(p, "Overloaded", code, &detail);
             return (StatusCode::SERVICE_UNAVAILABLE, Some(1));
         }
         EngineError::LogFailed(_) | EngineError::Config(_) | EngineError::Recovery(_) => {
@@ -288,7 +274,7 @@ fn engine_problem(
             set(
                 p,
                 "Internal error",
-                "internal_error",
+                code,
                 "the server cannot make decisions durable; nothing was acknowledged",
             );
             StatusCode::INTERNAL_SERVER_ERROR

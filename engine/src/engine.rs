@@ -1042,7 +1042,7 @@ impl Engine {
             self.note_expiry(now_ms - deadline_ms);
             count += 1;
         }
-        st.compact_timers();
+        st.compact_timers(&self.shards[p].counters);
         st.publish_next_deadline(&self.shards[p].counters);
         let more = st
             .timers

@@ -90,6 +90,32 @@ pub enum EngineError {
     Recovery(String),
 }
 
+impl EngineError {
+    /// The stable snake_case code clients branch on (the HTTP API's problem `code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::InvalidCredentials => "invalid_credentials",
+            EngineError::ReceiptNeedsConversion => "receipt_needs_conversion",
+            EngineError::RegistrationNotOpen { .. } => "registration_not_open",
+            EngineError::NotCalled => "not_called",
+            EngineError::ProvinceMismatch => "province_mismatch",
+            EngineError::CaravanNotFound => "caravan_not_found",
+            EngineError::ReservationNotFound => "reservation_not_found",
+            EngineError::CaravanFull { .. } => "caravan_full",
+            EngineError::AlreadyReserved { .. } => "already_reserved",
+            EngineError::InvalidTransition { .. } => "invalid_transition",
+            EngineError::IdempotencyKeyReused => "idempotency_key_reused",
+            EngineError::SeatsAvailable { .. } => "seats_available",
+            EngineError::RegistrationEnded { .. } => "registration_ended",
+            EngineError::InvalidField { .. } => "invalid_field",
+            EngineError::Overloaded => "overloaded",
+            EngineError::LogFailed(_) | EngineError::Config(_) | EngineError::Recovery(_) => {
+                "internal_error"
+            }
+        }
+    }
+}
+
 impl From<WalError> for EngineError {
     fn from(e: WalError) -> EngineError {
         match e {

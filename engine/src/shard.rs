@@ -225,7 +225,7 @@ impl ShardState {
         if let Some(deadline_ms) = deadline_ms {
             // Stale entries accumulate as reservations move on; keep the heap bounded by the
             // live deadlines even when nothing falls due for days.
-            self.compact_timers();
+            self.compact_timers(counters);
             self.timers.push(Reverse((deadline_ms, idx)));
             counters
                 .next_deadline_ms
@@ -246,14 +246,11 @@ impl ShardState {
         })
     }
 
-    /// Drops stale timer entries once they outnumber live ones, so the heap stays bounded by
-    /// the number of pending deadlines.
-    pub fn compact_timers(&mut self) {
-        if self.timers.len() < 4096 {
-            return;
-        }
-        let live = self.counters_live_estimate();
-        if self.timers.len() <= 2 * live + 1024 {
+    /// Drops stale timer entries once they outnumber the pending deadlines (the live holds and
+    /// offers) twice over, so the heap stays bounded by them.
+    pub fn compact_timers(&mut self, counters: &ShardCounters) {
+        let pending = counters.holds_live.load(Ordering::Relaxed) as usize;
+        if self.timers.len() <= 2 * pending + 4096 {
             return;
         }
         let entries: Vec<_> = std::mem::take(&mut self.timers).into_vec();
@@ -261,10 +258,6 @@ impl ShardState {
             .into_iter()
             .filter(|Reverse((d, idx))| self.timer_is_current(*d, *idx))
             .collect();
-    }
-
-    fn counters_live_estimate(&self) -> usize {
-        self.occupied.iter().map(|&o| o as usize).sum()
     }
 
     /// Applies one decided record. Returns an error, changing nothing, if the record does not

@@ -1,4 +1,5 @@
-//! The `miqat` command line: one binary over the engine and the API (`gen`, `serve`, `demo`).
+//! The `miqat` command line: one binary over the engine, the API and the load tester (`gen`,
+//! `serve`, `loadtest`, `demo`).
 
 mod demo;
 mod serve;
@@ -44,6 +45,9 @@ enum Command {
     /// threads, let deadlines expire, crash, recover from the log, check every invariant, and
     /// print a report.
     Demo(demo::DemoArgs),
+    /// Replay an opening-day rush against a server over HTTP, check every invariant through
+    /// the operator API afterwards, and write a JSON summary and an HTML report.
+    Loadtest(Box<miqat_loadtest::LoadtestArgs>),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         } => run_gen(out, holders, seats, seed, opens_at),
         Command::Serve(args) => serve::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Loadtest(args) => return run_loadtest(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,4 +114,24 @@ fn run_gen(
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `miqat loadtest`: exit 0 only when the run passed its checks, gates and validity.
+fn run_loadtest(args: &miqat_loadtest::LoadtestArgs) -> ExitCode {
+    match miqat_loadtest::run_cli(args) {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(summary)) => {
+            print!("{}", summary.to_text());
+            println!("report     {}", args.out.join("report.html").display());
+            if summary.passed() && summary.valid() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("miqat: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

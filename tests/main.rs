@@ -86,7 +86,7 @@ fn gen_refuses_bad_arguments_with_a_clear_error() {
 }
 
 #[test]
-fn demo_rushes_crashes_recovers_and_checks_every_invariant() {
+fn demo_replays_an_opening_day_over_http_crashes_recovers_and_checks() {
     let dir = tempfile::tempdir().unwrap();
     let out = miqat(&[
         "demo",
@@ -95,26 +95,41 @@ fn demo_rushes_crashes_recovers_and_checks_every_invariant() {
         "--holders",
         "20000",
         "--seats",
-        "2000",
-        "--clients",
-        "8",
+        "1500",
+        "--journeys",
+        "4000",
+        "--speed",
+        "120",
+        "--quiet",
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
     for expected in [
-        "2000 of 2000 taken",
+        "check      after the run: PASSED",
+        "check      after the crash and restart: PASSED",
         "caravan_full",
-        "province_mismatch",
-        "joined_waitlist",
-        "documents received",
-        "recovery",
-        "invariants OK",
+        "seated",
+        "sell-out",
+        "came back as they were",
     ] {
         assert!(
             stdout.contains(expected),
             "missing {expected:?} in:\n{stdout}"
         );
     }
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let checks = summary["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 2);
+    for check in checks {
+        assert_eq!(check["passed"], true, "{check}");
+        assert!(check["acknowledged"].as_u64().unwrap() > 1000, "{check}");
+        assert!(check["live"].as_u64().unwrap() <= 1500, "{check}");
+    }
+    let html = std::fs::read_to_string(dir.path().join("report/report.html")).unwrap();
+    assert!(html.contains("<svg"), "the report draws its charts");
 }
 
 mod server;

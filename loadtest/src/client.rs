@@ -1,0 +1,257 @@
+//! The HTTP client of a run: keep-alive connections bounded by a semaphore, a timeout per
+//! request, every request sent at its intended time and recorded from it (so waiting for a
+//! connection or a slow server counts as latency, not as a later start).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use crate::outcome::{Endpoint, Outcome};
+use crate::recorder::{Recorder, RequestRecord};
+
+/// A problem+json body, the members clients branch on.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Problem {
+    /// The stable code.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// `caravan_full`: caravans of the holder's city with free seats.
+    #[serde(default)]
+    pub alternatives: Vec<Alternative>,
+    /// `already_reserved`: the holder's live reservation.
+    #[serde(default)]
+    pub reservation_id: Option<String>,
+}
+
+/// A caravan offered as an alternative.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Alternative {
+    /// The caravan's id.
+    pub id: String,
+}
+
+/// An answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The problem, for 4xx and 5xx with a JSON body.
+    pub problem: Option<Problem>,
+    /// `Retry-After` in seconds.
+    pub retry_after_s: Option<f64>,
+    /// `ETag`.
+    pub etag: Option<String>,
+    /// The body.
+    pub body: Bytes,
+    /// The outcome class it was recorded as.
+    pub outcome: Outcome,
+}
+
+impl Answer {
+    /// The problem's code, if any.
+    pub fn code(&self) -> Option<&str> {
+        self.problem.as_ref().and_then(|p| p.code.as_deref())
+    }
+}
+
+/// No answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// The timeout passed.
+    Timeout,
+    /// Refused, reset, or a broken answer.
+    Transport,
+}
+
+/// One request to send.
+pub struct Call<'a> {
+    /// The endpoint (for the records).
+    pub endpoint: Endpoint,
+    /// Method.
+    pub method: Method,
+    /// Path and query.
+    pub path: &'a str,
+    /// JSON body, if any.
+    pub body: Option<Bytes>,
+    /// Extra headers.
+    pub headers: &'a [(&'static str, &'a str)],
+    /// When the request is meant to leave.
+    pub intended: Instant,
+    /// The credentials are wrong on purpose (401 is then the right answer).
+    pub wrong_credentials: bool,
+}
+
+/// The run's client; cheap to share behind an `Arc`.
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    permits: Semaphore,
+    timeout: Duration,
+    recorder: Arc<Recorder>,
+}
+
+impl Http {
+    /// A client of `base` (`http://host:port`) with at most `connections` requests in flight.
+    pub fn new(
+        base: &str,
+        connections: usize,
+        timeout: Duration,
+        recorder: Arc<Recorder>,
+    ) -> anyhow::Result<Http> {
+        let base = base.trim_end_matches('/').to_owned();
+        let uri: hyper::Uri = base
+            .parse()
+            .map_err(|e| anyhow::anyhow!("target {base:?} is not a URL: {e}"))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            anyhow::bail!("target {base:?} must be http://host:port");
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(connections)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Http {
+            client,
+            base,
+            permits: Semaphore::new(connections.max(1)),
+            timeout,
+            recorder,
+        })
+    }
+
+    /// The recorder requests go to.
+    pub fn recorder(&self) -> &Arc<Recorder> {
+        &self.recorder
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends `call` at its intended time and records it.
+    pub async fn call(&self, call: Call<'_>) -> Result<Answer, NoAnswer> {
+        tokio::time::sleep_until(call.intended.into()).await;
+        let dispatched = Instant::now();
+        let result = self.send(&call).await;
+        let done = Instant::now();
+        let (outcome, answer) = match &result {
+            Ok(a) => (a.outcome, Some((a.status, a.code()))),
+            Err(NoAnswer::Timeout) => (Outcome::Timeout, None),
+            Err(NoAnswer::Transport) => (Outcome::Transport, None),
+        };
+        self.recorder.request(RequestRecord {
+            endpoint: call.endpoint,
+            intended: call.intended,
+            dispatched,
+            done,
+            outcome,
+            answer,
+        });
+        result
+    }
+
+    async fn send(&self, call: &Call<'_>) -> Result<Answer, NoAnswer> {
+        let deadline = call.intended + self.timeout;
+        let work = async {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| NoAnswer::Transport)?;
+            self.exchange(call).await
+        };
+        match tokio::time::timeout_at(deadline.into(), work).await {
+            Ok(result) => result,
+            Err(_) => Err(NoAnswer::Timeout),
+        }
+    }
+
+    async fn exchange(&self, call: &Call<'_>) -> Result<Answer, NoAnswer> {
+        let mut request = Request::builder()
+            .method(call.method.clone())
+            .uri(format!("{}{}", self.base, call.path));
+        if call.body.is_some() {
+            request = request.header("content-type", "application/json");
+        }
+        for (name, value) in call.headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(call.body.clone().unwrap_or_default()))
+            .map_err(|_| NoAnswer::Transport)?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|_| NoAnswer::Transport)?;
+        let status = response.status().as_u16();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after_s = header(hyper::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
+        let etag = header(hyper::header::ETAG);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| NoAnswer::Transport)?
+            .to_bytes();
+        let problem = (status >= 400)
+            .then(|| serde_json::from_slice::<Problem>(&body).ok())
+            .flatten();
+        let code = problem.as_ref().and_then(|p| p.code.as_deref());
+        let outcome = Outcome::of_answer(
+            status,
+            code,
+            retry_after_s.is_some(),
+            call.wrong_credentials,
+        );
+        Ok(Answer {
+            status,
+            problem,
+            retry_after_s,
+            etag,
+            body,
+            outcome,
+        })
+    }
+}
+
+/// Percent-encodes a query value (UTF-8 bytes outside the unreserved set).
+pub fn query_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_value;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value("Bandar Abbas"), "Bandar%20Abbas");
+        assert_eq!(query_value("a&b=c"), "a%26b%3Dc");
+        assert_eq!(query_value("قم"), "%D9%82%D9%85");
+    }
+}

@@ -1,0 +1,422 @@
+//! Records every request of a run: HdrHistograms of latency (from the intended send time) per
+//! endpoint and per second, send lag, outcome counts, journey endings, and the ledger of
+//! acknowledgements the after-run check verifies. Sharded by thread so recording never
+//! contends.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+
+use crate::outcome::{Endpoint, Outcome};
+use crate::summary::Percentiles;
+
+/// Latencies are recorded in microseconds up to this bound (longer ones saturate).
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+/// How a journey ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Reserved a seat directly.
+    Seated,
+    /// Got a seat by accepting a waiting-list offer.
+    SeatedFromWaitlist,
+    /// On a waiting list at the end of the run.
+    Waitlisted,
+    /// Found no seat and did not (or could not) wait.
+    SoldOut,
+    /// Correctly refused: not called, or an unconverted receipt.
+    NotCalled,
+    /// Gave up on failures (errors, timeouts, unexpected answers).
+    Failed,
+}
+
+impl Ending {
+    const ALL: [Ending; 6] = [
+        Ending::Seated,
+        Ending::SeatedFromWaitlist,
+        Ending::Waitlisted,
+        Ending::SoldOut,
+        Ending::NotCalled,
+        Ending::Failed,
+    ];
+
+    /// The ending's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ending::Seated => "seated",
+            Ending::SeatedFromWaitlist => "seated_from_waitlist",
+            Ending::Waitlisted => "waitlisted",
+            Ending::SoldOut => "sold_out",
+            Ending::NotCalled => "not_called",
+            Ending::Failed => "failed",
+        }
+    }
+}
+
+/// A reservation the client saw acknowledged (201, or 200 on accepting an offer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acknowledged {
+    /// The reservation's id.
+    pub id: String,
+    /// The holder.
+    pub national_id: String,
+    /// The caravan.
+    pub caravan_id: String,
+}
+
+/// A reservation request that never got an answer: the check resends it with its key.
+#[derive(Debug, Clone)]
+pub struct Unanswered {
+    /// The `Idempotency-Key` it carried.
+    pub key: String,
+    /// Its JSON body.
+    pub body: String,
+    /// The holder.
+    pub national_id: String,
+}
+
+/// A seat taken directly, for the first-come-first-served check.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// Intended send time of the successful request, microseconds since the run started.
+    pub intended_us: u64,
+    /// The server's `created_at`, milliseconds since the Unix epoch.
+    pub created_ms: i64,
+}
+
+#[derive(Default)]
+struct Second {
+    outcomes: [u64; Outcome::ALL.len()],
+    all: Option<Histogram<u64>>,
+    reserve: Option<Histogram<u64>>,
+}
+
+struct Shard {
+    latency: Vec<Histogram<u64>>,
+    outcomes: [[u64; Outcome::ALL.len()]; Endpoint::ALL.len()],
+    answers: HashMap<String, u64>,
+    lag: Histogram<u64>,
+    seconds: Vec<Second>,
+    time_to_seat: Histogram<u64>,
+    endings: [u64; Ending::ALL.len()],
+    acknowledged: Vec<Acknowledged>,
+    unanswered: Vec<Unanswered>,
+    arrivals: Vec<Arrival>,
+    violations: Vec<String>,
+}
+
+fn histogram(significant: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, significant)
+        .expect("constant bounds within hdrhistogram's limits")
+}
+
+impl Shard {
+    fn new() -> Shard {
+        Shard {
+            latency: Endpoint::ALL.iter().map(|_| histogram(3)).collect(),
+            outcomes: [[0; Outcome::ALL.len()]; Endpoint::ALL.len()],
+            answers: HashMap::new(),
+            lag: histogram(3),
+            seconds: Vec::new(),
+            time_to_seat: histogram(3),
+            endings: [0; Ending::ALL.len()],
+            acknowledged: Vec::new(),
+            unanswered: Vec::new(),
+            arrivals: Vec::new(),
+            violations: Vec::new(),
+        }
+    }
+}
+
+/// The run's recorder; cheap to share behind an `Arc`.
+pub struct Recorder {
+    run_start: Instant,
+    shards: Vec<Mutex<Shard>>,
+}
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+/// One request's record.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestRecord<'a> {
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// When the request was meant to leave.
+    pub intended: Instant,
+    /// When the generator got to it (before waiting for a connection).
+    pub dispatched: Instant,
+    /// When the answer (or the failure) arrived.
+    pub done: Instant,
+    /// The outcome class.
+    pub outcome: Outcome,
+    /// Status and problem code, for the answers table (`None` for no answer).
+    pub answer: Option<(u16, Option<&'a str>)>,
+}
+
+impl Recorder {
+    /// A recorder whose timeline starts at `run_start`.
+    pub fn new(run_start: Instant) -> Recorder {
+        let shards = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            * 2;
+        Recorder {
+            run_start,
+            shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
+        }
+    }
+
+    /// When the run started.
+    pub fn run_start(&self) -> Instant {
+        self.run_start
+    }
+
+    fn shard(&self) -> parking_lot::MutexGuard<'_, Shard> {
+        let index = SHARD.with(|s| {
+            if s.get() == usize::MAX {
+                s.set(NEXT_SHARD.fetch_add(1, Ordering::Relaxed));
+            }
+            s.get()
+        });
+        self.shards[index % self.shards.len()].lock()
+    }
+
+    /// Records one request.
+    pub fn request(&self, r: RequestRecord<'_>) {
+        let latency_us = micros(r.done.saturating_duration_since(r.intended));
+        let lag_us = micros(r.dispatched.saturating_duration_since(r.intended));
+        let second = r.done.saturating_duration_since(self.run_start).as_secs() as usize;
+        let endpoint = r.endpoint as usize;
+        let outcome = r.outcome as usize;
+        let mut shard = self.shard();
+        shard.latency[endpoint].saturating_record(latency_us);
+        shard.outcomes[endpoint][outcome] += 1;
+        shard.lag.saturating_record(lag_us);
+        if shard.seconds.len() <= second {
+            shard.seconds.resize_with(second + 1, Second::default);
+        }
+        let bucket = &mut shard.seconds[second];
+        bucket.outcomes[outcome] += 1;
+        bucket
+            .all
+            .get_or_insert_with(|| histogram(2))
+            .saturating_record(latency_us);
+        if r.endpoint == Endpoint::Reserve {
+            bucket
+                .reserve
+                .get_or_insert_with(|| histogram(2))
+                .saturating_record(latency_us);
+        }
+        let key = match r.answer {
+            Some((status, Some(code))) => format!("{status} {code}"),
+            Some((status, None)) => status.to_string(),
+            None => r.outcome.name().to_string(),
+        };
+        *shard.answers.entry(key).or_default() += 1;
+    }
+
+    /// Records how a journey ended; `time_to_seat` for seated ones.
+    pub fn ending(&self, ending: Ending, time_to_seat: Option<Duration>) {
+        let mut shard = self.shard();
+        shard.endings[ending as usize] += 1;
+        if let Some(t) = time_to_seat {
+            shard.time_to_seat.saturating_record(micros(t));
+        }
+    }
+
+    /// Records an acknowledged reservation.
+    pub fn acknowledged(&self, ack: Acknowledged) {
+        self.shard().acknowledged.push(ack);
+    }
+
+    /// Records a reservation request left without an answer.
+    pub fn unanswered(&self, request: Unanswered) {
+        self.shard().unanswered.push(request);
+    }
+
+    /// Records a seat taken directly.
+    pub fn arrival(&self, intended: Instant, created_ms: i64) {
+        let intended_us = micros(intended.saturating_duration_since(self.run_start));
+        self.shard().arrivals.push(Arrival {
+            intended_us,
+            created_ms,
+        });
+    }
+
+    /// Records a contract violation the client saw itself (e.g. one key, two answers).
+    pub fn violation(&self, text: String) {
+        let mut shard = self.shard();
+        if shard.violations.len() < 100 {
+            shard.violations.push(text);
+        }
+    }
+
+    /// Totals so far and one second's figures, for the live view.
+    pub fn live(&self, second: usize) -> Live {
+        let mut live = Live::default();
+        let mut last = histogram(2);
+        for shard in &self.shards {
+            let shard = shard.lock();
+            for row in &shard.outcomes {
+                for (total, n) in live.outcomes.iter_mut().zip(row) {
+                    *total += n;
+                }
+            }
+            if let Some(s) = shard.seconds.get(second) {
+                live.last_second_requests += s.outcomes.iter().sum::<u64>();
+                if let Some(h) = &s.all {
+                    let _ = last.add(h);
+                }
+            }
+        }
+        live.last_second_p99_ms = percentiles(&last).p99_ms;
+        live
+    }
+
+    /// Merges the shards into one result.
+    pub fn finish(&self) -> Recorded {
+        let mut out = Recorded {
+            latency: Endpoint::ALL.iter().map(|_| histogram(3)).collect(),
+            outcomes: [[0; Outcome::ALL.len()]; Endpoint::ALL.len()],
+            answers: BTreeMap::new(),
+            lag: histogram(3),
+            seconds: Vec::new(),
+            time_to_seat: histogram(3),
+            endings: BTreeMap::new(),
+            acknowledged: Vec::new(),
+            unanswered: Vec::new(),
+            arrivals: Vec::new(),
+            violations: Vec::new(),
+        };
+        for shard in &self.shards {
+            let shard = shard.lock();
+            for (into, from) in out.latency.iter_mut().zip(&shard.latency) {
+                let _ = into.add(from);
+            }
+            for (e, row) in shard.outcomes.iter().enumerate() {
+                for (o, n) in row.iter().enumerate() {
+                    out.outcomes[e][o] += n;
+                }
+            }
+            for (k, v) in &shard.answers {
+                *out.answers.entry(k.clone()).or_default() += v;
+            }
+            let _ = out.lag.add(&shard.lag);
+            let _ = out.time_to_seat.add(&shard.time_to_seat);
+            merge_seconds(&mut out.seconds, &shard.seconds);
+            for (i, n) in shard.endings.iter().enumerate() {
+                *out.endings.entry(Ending::ALL[i].name()).or_default() += n;
+            }
+            out.acknowledged.extend(shard.acknowledged.iter().cloned());
+            out.unanswered.extend(shard.unanswered.iter().cloned());
+            out.arrivals.extend(shard.arrivals.iter().copied());
+            out.violations.extend(shard.violations.iter().cloned());
+        }
+        out
+    }
+}
+
+fn merge_seconds(into: &mut Vec<SecondTotals>, from: &[Second]) {
+    if into.len() < from.len() {
+        into.resize_with(from.len(), SecondTotals::default);
+    }
+    for (total, second) in into.iter_mut().zip(from) {
+        for (t, n) in total.outcomes.iter_mut().zip(second.outcomes) {
+            *t += n;
+        }
+        for (target, source) in [
+            (&mut total.all, &second.all),
+            (&mut total.reserve, &second.reserve),
+        ] {
+            if let Some(h) = source {
+                let _ = target.get_or_insert_with(|| histogram(2)).add(h);
+            }
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// What the live view shows.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Requests by outcome class so far.
+    pub outcomes: [u64; Outcome::ALL.len()],
+    /// Requests answered in the second asked for.
+    pub last_second_requests: u64,
+    /// Their 99th percentile latency.
+    pub last_second_p99_ms: f64,
+}
+
+/// One second of the merged timeline.
+#[derive(Default)]
+pub struct SecondTotals {
+    /// Answers by outcome class.
+    pub outcomes: [u64; Outcome::ALL.len()],
+    /// Latency of all requests answered in this second.
+    pub all: Option<Histogram<u64>>,
+    /// Latency of reservations answered in this second.
+    pub reserve: Option<Histogram<u64>>,
+}
+
+/// The merged record of a run.
+pub struct Recorded {
+    /// Latency per endpoint (µs), indexed by `Endpoint as usize`.
+    pub latency: Vec<Histogram<u64>>,
+    /// Outcomes per endpoint.
+    pub outcomes: [[u64; Outcome::ALL.len()]; Endpoint::ALL.len()],
+    /// Answers by `status code`.
+    pub answers: BTreeMap<String, u64>,
+    /// Send lag (µs).
+    pub lag: Histogram<u64>,
+    /// Per second since the run started.
+    pub seconds: Vec<SecondTotals>,
+    /// Decision to seat (µs).
+    pub time_to_seat: Histogram<u64>,
+    /// Journeys by ending.
+    pub endings: BTreeMap<&'static str, u64>,
+    /// Every acknowledgement seen.
+    pub acknowledged: Vec<Acknowledged>,
+    /// Every reservation request left without an answer.
+    pub unanswered: Vec<Unanswered>,
+    /// Seats taken directly.
+    pub arrivals: Vec<Arrival>,
+    /// Contract violations the client saw.
+    pub violations: Vec<String>,
+}
+
+impl Recorded {
+    /// Requests recorded.
+    pub fn requests(&self) -> u64 {
+        self.outcomes.iter().flatten().sum()
+    }
+
+    /// Requests of one outcome class over all endpoints.
+    pub fn outcome_total(&self, outcome: Outcome) -> u64 {
+        self.outcomes.iter().map(|row| row[outcome as usize]).sum()
+    }
+}
+
+/// Percentiles of a microsecond histogram, in milliseconds (zeros when empty).
+pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    if h.is_empty() {
+        return Percentiles::default();
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    Percentiles {
+        p50_ms: ms(h.value_at_quantile(0.5)),
+        p90_ms: ms(h.value_at_quantile(0.9)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+    }
+}

@@ -1,0 +1,391 @@
+//! The run's summary: what the JSON report holds, what the HTML report draws and what the
+//! terminal prints at the end.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a run found, serialized as `summary.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    /// The server's base URL.
+    pub target: String,
+    /// When the run started (RFC 3339 UTC).
+    pub started_at: String,
+    /// The wave's opening (RFC 3339 UTC).
+    pub opens_at: String,
+    /// The plan that was played.
+    pub plan: PlanInfo,
+    /// Seconds from the first request to the last answer.
+    pub duration_s: f64,
+    /// Requests sent (every retry counts).
+    pub requests: u64,
+    /// Requests per second over the run.
+    pub throughput_rps: f64,
+    /// The busiest second's requests.
+    pub peak_rps: u64,
+    /// Requests by outcome class (see [`crate::outcome::Outcome`]).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Answers by `status code` (e.g. `409 caravan_full`).
+    pub answers: BTreeMap<String, u64>,
+    /// Per endpoint.
+    pub endpoints: Vec<EndpointSummary>,
+    /// Per journey.
+    pub journeys: JourneySummary,
+    /// Seated journeys per second of the run.
+    pub goodput_per_s: f64,
+    /// Requests sent per request planned (retries, re-lists and alternatives add to it).
+    pub retry_amplification: f64,
+    /// How late the generator sent requests against their intended time.
+    pub send_lag: LagSummary,
+    /// One point per second of the run.
+    pub timeline: Vec<TimelinePoint>,
+    /// Free seats per province over time.
+    pub seats: SeatsTimeline,
+    /// When each province sold out (provinces that did).
+    pub sell_out: Vec<SellOut>,
+    /// The after-run checks (one per check pass, e.g. before and after a restart).
+    pub checks: Vec<CheckReport>,
+    /// Latency gates asked for with `--slo`.
+    pub slo: Vec<SloResult>,
+    /// The same client against a trivial handler, when asked for.
+    pub baseline: Option<BaselineReport>,
+    /// Violations and missed gates; empty when the run passed. A run whose generator fell
+    /// behind is not failed by it but marked invalid ([`LagSummary::valid`]).
+    pub failures: Vec<String>,
+}
+
+/// The plan's identity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PlanInfo {
+    /// Seed.
+    pub seed: u64,
+    /// Time compression.
+    pub speed: f64,
+    /// Journeys.
+    pub journeys: usize,
+    /// Seconds before the opening the first request is due.
+    pub lead_s: f64,
+    /// Requests planned (first attempts, before retries and reactions).
+    pub planned_requests: u64,
+}
+
+/// Latency percentiles in milliseconds, measured from the intended send time.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+}
+
+/// One endpoint's figures.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EndpointSummary {
+    /// The endpoint (`list`, `reserve`, ...).
+    pub name: String,
+    /// Requests.
+    pub requests: u64,
+    /// Requests by outcome class.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Latency of every request, answered or not.
+    pub latency: Percentiles,
+}
+
+/// How journeys ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JourneySummary {
+    /// Journeys by ending (`seated`, `seated_from_waitlist`, `waitlisted`, `sold_out`,
+    /// `not_called`, `failed`).
+    pub endings: BTreeMap<String, u64>,
+    /// From the holder's decision to act until the seat was theirs.
+    pub time_to_seat: Percentiles,
+}
+
+/// Generator lateness.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LagSummary {
+    /// Median lag.
+    pub p50_ms: f64,
+    /// 99th percentile lag.
+    pub p99_ms: f64,
+    /// Largest lag.
+    pub max_ms: f64,
+    /// The p99 above which the run is invalid.
+    pub limit_ms: f64,
+    /// `p99_ms <= limit_ms`: the generator kept to the plan.
+    pub valid: bool,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// Seconds since the opening (negative before it), run time.
+    pub t_s: f64,
+    /// Requests answered in this second, by outcome class.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Median latency of the requests answered in this second.
+    pub p50_ms: f64,
+    /// 99th percentile of the same.
+    pub p99_ms: f64,
+    /// 99th percentile of the reservations answered in this second.
+    pub reserve_p99_ms: f64,
+}
+
+/// Free seats per province, sampled while the run goes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SeatsTimeline {
+    /// Province ids and English names, in the order of each sample's values.
+    pub provinces: Vec<(u32, String)>,
+    /// Seats in each province at the start.
+    pub seats_total: Vec<u64>,
+    /// Samples: seconds since the opening and free seats per province.
+    pub samples: Vec<(f64, Vec<u64>)>,
+}
+
+/// A province's sell-out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SellOut {
+    /// Province id.
+    pub province_id: u32,
+    /// English name.
+    pub name: String,
+    /// Seconds after the opening, run time (sampling resolution).
+    pub run_s: f64,
+    /// The same in opening-day time (`run_s * speed`).
+    pub day_s: f64,
+}
+
+/// One pass of the after-run checker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CheckReport {
+    /// What was checked (e.g. `after the run`, `after the restart`).
+    pub label: String,
+    /// No violation.
+    pub passed: bool,
+    /// Each violation in words.
+    pub violations: Vec<String>,
+    /// Reservations the server lists.
+    pub reservations: u64,
+    /// Live (offered, held or confirmed) among them.
+    pub live: u64,
+    /// 201s the client saw, each found on the server.
+    pub acknowledged: u64,
+    /// Requests without an answer, resolved by resending with their key.
+    pub resolved: u64,
+    /// Spearman rank correlation of the intended send time and the server's creation time
+    /// of the seated reservations (1 is perfect first-come-first-served).
+    pub fcfs_rank_correlation: Option<f64>,
+}
+
+/// A latency gate from `--slo`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SloResult {
+    /// The gate as written (`reserve:p99<50ms`).
+    pub gate: String,
+    /// What was measured, in milliseconds.
+    pub measured_ms: f64,
+    /// Whether it held.
+    pub passed: bool,
+}
+
+/// The same client against a trivial axum JSON handler.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BaselineReport {
+    /// Requests per second the trivial handler answered, closed loop.
+    pub ceiling_rps: f64,
+    /// The generator's requests per second per CPU-second it used (client threads only).
+    pub generator_rps_per_core: Option<f64>,
+    /// Latency of the closed-loop ceiling run.
+    pub ceiling_latency: Percentiles,
+    /// Our peak second against the ceiling.
+    pub peak_ratio: f64,
+    /// Per endpoint: our p50 and p99 against the trivial handler's, same open-loop schedule.
+    pub endpoints: Vec<BaselineEndpoint>,
+}
+
+/// One endpoint against the baseline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BaselineEndpoint {
+    /// Endpoint.
+    pub name: String,
+    /// The trivial handler's latency for the same requests.
+    pub baseline: Percentiles,
+    /// Ours.
+    pub ours: Percentiles,
+    /// `ours.p50 / baseline.p50`.
+    pub p50_ratio: f64,
+    /// `ours.p99 / baseline.p99`.
+    pub p99_ratio: f64,
+}
+
+impl Summary {
+    /// Whether every check and gate held.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// Whether the generator kept to the plan, so the latency figures are measurements of
+    /// the server under the planned load.
+    pub fn valid(&self) -> bool {
+        self.send_lag.valid
+    }
+
+    /// The end-of-run text for the terminal.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "run        {} journeys (seed {}, speed {}x) against {}; {:.1} s, {} requests, {:.0} req/s (peak second {})",
+            self.plan.journeys,
+            self.plan.seed,
+            self.plan.speed,
+            self.target,
+            self.duration_s,
+            self.requests,
+            self.throughput_rps,
+            self.peak_rps
+        );
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(out, "outcomes   {}", outcomes.join(", "));
+        let mut answers: Vec<(&String, &u64)> = self.answers.iter().collect();
+        answers.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let answers: Vec<String> = answers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let _ = writeln!(out, "answers    {}", answers.join(", "));
+        let endings: Vec<String> = self
+            .journeys
+            .endings
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "journeys   {}; goodput {:.1} seated/s; retry amplification {:.2}x",
+            endings.join(", "),
+            self.goodput_per_s,
+            self.retry_amplification
+        );
+        let t = &self.journeys.time_to_seat;
+        let _ = writeln!(
+            out,
+            "to a seat  p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms (decision to acknowledged seat)",
+            t.p50_ms, t.p99_ms, t.max_ms
+        );
+        let _ = writeln!(
+            out,
+            "latency    {:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "endpoint", "requests", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        for e in &self.endpoints {
+            let l = &e.latency;
+            let _ = writeln!(
+                out,
+                "           {:<14} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.1}",
+                e.name, e.requests, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+            );
+        }
+        let _ = writeln!(
+            out,
+            "send lag   p50 {:.2} ms  p99 {:.2} ms  max {:.1} ms: {}",
+            self.send_lag.p50_ms,
+            self.send_lag.p99_ms,
+            self.send_lag.max_ms,
+            if self.send_lag.valid {
+                "the generator kept to the plan".to_string()
+            } else {
+                format!(
+                    "INVALID RUN, the generator fell behind (p99 above {} ms)",
+                    self.send_lag.limit_ms
+                )
+            }
+        );
+        if !self.sell_out.is_empty() {
+            let first = &self.sell_out[0];
+            let _ = writeln!(
+                out,
+                "sell-out   {} of {} provinces sold out; first {} after {:.1} s ({:.0} s of opening-day time)",
+                self.sell_out.len(),
+                self.seats.provinces.len(),
+                first.name,
+                first.run_s,
+                first.day_s
+            );
+        }
+        if let Some(b) = &self.baseline {
+            let _ = writeln!(
+                out,
+                "baseline   trivial axum handler, same client: {:.0} req/s closed loop; our peak second {:.2}x of it{}",
+                b.ceiling_rps,
+                b.peak_ratio,
+                match b.generator_rps_per_core {
+                    Some(r) => format!("; generator {r:.0} req/s per core"),
+                    None => String::new(),
+                }
+            );
+            for e in &b.endpoints {
+                let _ = writeln!(
+                    out,
+                    "           {:<14} p50 {:.2} vs {:.2} ms ({:.1}x)  p99 {:.2} vs {:.2} ms ({:.1}x)",
+                    e.name,
+                    e.ours.p50_ms,
+                    e.baseline.p50_ms,
+                    e.p50_ratio,
+                    e.ours.p99_ms,
+                    e.baseline.p99_ms,
+                    e.p99_ratio
+                );
+            }
+        }
+        for c in &self.checks {
+            let _ = writeln!(
+                out,
+                "check      {}: {} ({} reservations, {} live, {} acknowledged found, {} unanswered resolved, FCFS rank correlation {})",
+                c.label,
+                if c.passed { "PASSED" } else { "FAILED" },
+                c.reservations,
+                c.live,
+                c.acknowledged,
+                c.resolved,
+                c.fcfs_rank_correlation
+                    .map_or("n/a".to_string(), |r| format!("{r:.3}"))
+            );
+            for v in &c.violations {
+                let _ = writeln!(out, "           violation: {v}");
+            }
+        }
+        for s in &self.slo {
+            let _ = writeln!(
+                out,
+                "slo        {}: measured {:.2} ms, {}",
+                s.gate,
+                s.measured_ms,
+                if s.passed { "held" } else { "MISSED" }
+            );
+        }
+        if self.failures.is_empty() {
+            let _ = writeln!(out, "verdict    PASSED: every check and gate held");
+        } else {
+            let _ = writeln!(out, "verdict    FAILED: {}", self.failures.join("; "));
+        }
+        if !self.valid() {
+            let _ = writeln!(
+                out,
+                "           the run is INVALID as a latency measurement: requests left up to {:.0} ms \
+                 late (p99 {:.0} ms), so the server saw less than the planned load",
+                self.send_lag.max_ms, self.send_lag.p99_ms
+            );
+        }
+        out
+    }
+}

@@ -132,5 +132,75 @@ fn demo_replays_an_opening_day_over_http_crashes_recovers_and_checks() {
     assert!(html.contains("<svg"), "the report draws its charts");
 }
 
+#[test]
+fn loadtest_records_a_plan_deterministically_and_refuses_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    assert!(gen_into(&data, "5").status.success());
+    let record = |name: &str| {
+        let file = dir.path().join(name);
+        let out = miqat(&[
+            "loadtest",
+            "--catalog",
+            data.to_str().unwrap(),
+            "--seed",
+            "9",
+            "--speed",
+            "60",
+            "--record",
+            file.to_str().unwrap(),
+            "--plan-only",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        std::fs::read(file).unwrap()
+    };
+    let first = record("a.ndjson");
+    assert!(first.starts_with(b"{\"format\":\"miqat-plan/1\""));
+    assert_eq!(first, record("b.ndjson"), "same seed, same plan file");
+
+    let refusals: [(&[&str], &str); 4] = [
+        (
+            &["loadtest", "--replay", "/nonexistent/plan.ndjson"],
+            "plan.ndjson",
+        ),
+        (
+            &[
+                "loadtest",
+                "--catalog",
+                data.to_str().unwrap(),
+                "--slo",
+                "reserve:p99",
+            ],
+            "expected '<'",
+        ),
+        (
+            &[
+                "loadtest",
+                "--catalog",
+                data.to_str().unwrap(),
+                "--set",
+                "speed=fast",
+            ],
+            "wrong type",
+        ),
+        (
+            &[
+                "loadtest",
+                "--catalog",
+                data.to_str().unwrap(),
+                "--set",
+                "nope=1",
+            ],
+            "no plan parameter named",
+        ),
+    ];
+    for (args, expected) in refusals {
+        let out = miqat(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
 mod server;
 mod support;

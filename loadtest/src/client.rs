@@ -140,7 +140,9 @@ impl Http {
 
     /// Sends `call` at its intended time and records it.
     pub async fn call(&self, call: Call<'_>) -> Result<Answer, NoAnswer> {
-        tokio::time::sleep_until(call.intended.into()).await;
+        if call.intended > Instant::now() {
+            tokio::time::sleep_until(call.intended.into()).await;
+        }
         let dispatched = Instant::now();
         let result = self.send(&call).await;
         let done = Instant::now();

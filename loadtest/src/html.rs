@@ -723,6 +723,9 @@ fn latency_chart(timeline: &[TimelinePoint]) -> Chart {
         line("p50, all requests", PALETTE[0], 1.5, |p| p.p50_ms),
         line("p99, all requests", PALETTE[1], 1.5, |p| p.p99_ms),
         line("p99, reservations", PALETTE[3], 2.0, |p| p.reserve_p99_ms),
+        line("p99 send lag (generator)", PALETTE[4], 1.0, |p| {
+            p.send_lag_p99_ms
+        }),
     ];
     // A second without answers records 0 ms; the log axis leaves it out as a gap rather
     // than plunging the line to the floor.
@@ -1370,6 +1373,7 @@ mod tests {
             p50_ms: 2.0,
             p99_ms: 40.0,
             reserve_p99_ms: 0.0,
+            send_lag_p99_ms: 1.0,
         }
     }
 

@@ -4,7 +4,7 @@
 //! contends.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -88,17 +88,25 @@ pub struct Arrival {
     pub created_ms: i64,
 }
 
+/// How often one answer (status and problem code; status 0 for no answer) was seen.
+struct AnswerCount {
+    status: u16,
+    code: String,
+    count: u64,
+}
+
 #[derive(Default)]
 struct Second {
     outcomes: [u64; Outcome::ALL.len()],
     all: Option<Histogram<u64>>,
     reserve: Option<Histogram<u64>>,
+    lag: Option<Histogram<u64>>,
 }
 
 struct Shard {
     latency: Vec<Histogram<u64>>,
     outcomes: [[u64; Outcome::ALL.len()]; Endpoint::ALL.len()],
-    answers: HashMap<String, u64>,
+    answers: Vec<AnswerCount>,
     lag: Histogram<u64>,
     seconds: Vec<Second>,
     time_to_seat: Histogram<u64>,
@@ -119,7 +127,7 @@ impl Shard {
         Shard {
             latency: Endpoint::ALL.iter().map(|_| histogram(3)).collect(),
             outcomes: [[0; Outcome::ALL.len()]; Endpoint::ALL.len()],
-            answers: HashMap::new(),
+            answers: Vec::new(),
             lag: histogram(3),
             seconds: Vec::new(),
             time_to_seat: histogram(3),
@@ -208,18 +216,33 @@ impl Recorder {
             .all
             .get_or_insert_with(|| histogram(2))
             .saturating_record(latency_us);
+        bucket
+            .lag
+            .get_or_insert_with(|| histogram(2))
+            .saturating_record(lag_us);
         if r.endpoint == Endpoint::Reserve {
             bucket
                 .reserve
                 .get_or_insert_with(|| histogram(2))
                 .saturating_record(latency_us);
         }
-        let key = match r.answer {
-            Some((status, Some(code))) => format!("{status} {code}"),
-            Some((status, None)) => status.to_string(),
-            None => r.outcome.name().to_string(),
+        // A handful of distinct answers: a scan finds the slot without allocating.
+        let (status, code) = match r.answer {
+            Some((status, code)) => (status, code.unwrap_or("")),
+            None => (0, r.outcome.name()),
         };
-        *shard.answers.entry(key).or_default() += 1;
+        match shard
+            .answers
+            .iter_mut()
+            .find(|a| a.status == status && a.code == code)
+        {
+            Some(slot) => slot.count += 1,
+            None => shard.answers.push(AnswerCount {
+                status,
+                code: code.to_string(),
+                count: 1,
+            }),
+        }
     }
 
     /// Records how a journey ended; `time_to_seat` for seated ones.
@@ -305,8 +328,13 @@ impl Recorder {
                     out.outcomes[e][o] += n;
                 }
             }
-            for (k, v) in &shard.answers {
-                *out.answers.entry(k.clone()).or_default() += v;
+            for a in &shard.answers {
+                let key = match (a.status, a.code.as_str()) {
+                    (0, outcome) => outcome.to_string(),
+                    (status, "") => status.to_string(),
+                    (status, code) => format!("{status} {code}"),
+                };
+                *out.answers.entry(key).or_default() += a.count;
             }
             let _ = out.lag.add(&shard.lag);
             let _ = out.time_to_seat.add(&shard.time_to_seat);
@@ -334,6 +362,7 @@ fn merge_seconds(into: &mut Vec<SecondTotals>, from: &[Second]) {
         for (target, source) in [
             (&mut total.all, &second.all),
             (&mut total.reserve, &second.reserve),
+            (&mut total.lag, &second.lag),
         ] {
             if let Some(h) = source {
                 let _ = target.get_or_insert_with(|| histogram(2)).add(h);
@@ -366,6 +395,8 @@ pub struct SecondTotals {
     pub all: Option<Histogram<u64>>,
     /// Latency of reservations answered in this second.
     pub reserve: Option<Histogram<u64>>,
+    /// Send lag of the requests answered in this second.
+    pub lag: Option<Histogram<u64>>,
 }
 
 /// The merged record of a run.

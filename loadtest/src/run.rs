@@ -377,6 +377,7 @@ fn summarize(
             p50_ms: s.all.as_ref().map_or(0.0, |h| percentiles(h).p50_ms),
             p99_ms: s.all.as_ref().map_or(0.0, |h| percentiles(h).p99_ms),
             reserve_p99_ms: s.reserve.as_ref().map_or(0.0, |h| percentiles(h).p99_ms),
+            send_lag_p99_ms: s.lag.as_ref().map_or(0.0, |h| percentiles(h).p99_ms),
         })
         .collect();
     let peak_rps = recorded

@@ -137,6 +137,9 @@ pub struct TimelinePoint {
     pub p99_ms: f64,
     /// 99th percentile of the reservations answered in this second.
     pub reserve_p99_ms: f64,
+    /// 99th percentile of how late the generator sent the requests answered in this second.
+    #[serde(default)]
+    pub send_lag_p99_ms: f64,
 }
 
 /// Free seats per province, sampled while the run goes.

@@ -190,11 +190,12 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     }
     println!("report     {}", report_path.display());
     println!("log        {}", log_dir.display());
-    let checks_passed = summary.checks.iter().all(|c| c.passed);
-    match (survived, checks_passed) {
+    // Every check and every contradiction the client saw counts; a run the generator could
+    // not keep up with is reported above but is not an invariant.
+    match (survived, summary.passed()) {
         (Ok(_), true) => Ok(()),
         (Err(e), _) => bail!("recovery lost or changed a reservation: {e}"),
-        (Ok(_), false) => bail!("an invariant failed (see the checks above)"),
+        (Ok(_), false) => bail!("an invariant failed: {}", summary.failures.join("; ")),
     }
 }
 
@@ -259,11 +260,29 @@ impl InProcessServer {
         ))
     }
 
-    /// Stops serving at once and abandons the engine without a snapshot or a drain.
+    /// Stops serving at once and abandons the engine without a snapshot or a drain. Returns
+    /// once no thread of this engine is left, so the next one has the log to itself.
     fn crash(self) {
-        self.runtime.shutdown_background();
+        // Tasks are dropped where they stand: in-flight requests are cut, as in a crash.
+        self.runtime.shutdown_timeout(Duration::from_secs(5));
         self.engine.stop();
         let _ = self.expiry.join();
+        let mut engine = self.engine;
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Arc::try_unwrap(engine) {
+                // The last handle: dropping it stops the log's flusher thread.
+                Ok(last) => return drop(last),
+                Err(shared) if Instant::now() < until => {
+                    engine = shared;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    tracing::warn!("the crashed engine is still referenced; continuing");
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -84,6 +84,8 @@ pub struct Admin {
 pub struct Raw {
     /// Status.
     pub status: u16,
+    /// `Retry-After` in seconds, if given as a number.
+    pub retry_after_s: Option<f64>,
     /// Body.
     pub body: Bytes,
 }
@@ -127,8 +129,18 @@ impl Admin {
         let exchange = async {
             let response = self.client.request(request).await?;
             let status = response.status().as_u16();
+            let retry_after_s = response
+                .headers()
+                .get(hyper::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0);
             let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok(Raw { status, body })
+            anyhow::Ok(Raw {
+                status,
+                retry_after_s,
+                body,
+            })
         };
         tokio::time::timeout(Duration::from_secs(30), exchange)
             .await

@@ -88,7 +88,8 @@ async fn resolve_unanswered(
     let mut resolved = 0;
     for request in &recorded.unanswered {
         let mut answer = None;
-        for _ in 0..10 {
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        while answer.is_none() && std::time::Instant::now() < give_up {
             let sent = admin
                 .send(
                     Method::POST,
@@ -99,12 +100,10 @@ async fn resolve_unanswered(
                 .await;
             match sent {
                 Ok(raw) if raw.status == 429 || raw.status == 503 => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let wait = raw.retry_after_s.unwrap_or(1.0).clamp(0.1, 10.0);
+                    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
                 }
-                Ok(raw) => {
-                    answer = Some(raw);
-                    break;
-                }
+                Ok(raw) => answer = Some(raw),
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
@@ -133,14 +132,39 @@ async fn resolve_unanswered(
                     request.key
                 )),
             }
-        } else if raw.status >= 500 {
+        } else if !resend_refusal_is_legitimate(raw.status, &raw.body) {
             violations.push(format!(
-                "resending key {} answered {}",
-                request.key, raw.status
+                "resending key {} answered {} {}",
+                request.key,
+                raw.status,
+                String::from_utf8_lossy(&raw.body)
             ));
         }
     }
     Ok(resolved)
+}
+
+/// Whether a refusal of a resent reservation is one a correct server may give: the caravan
+/// filled, the holder holds (or held) another seat, or was never called, or the wrong
+/// credentials were planned.
+fn resend_refusal_is_legitimate(status: u16, body: &[u8]) -> bool {
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("code")?.as_str().map(str::to_owned));
+    matches!(
+        (status, code.as_deref()),
+        (
+            403 | 409,
+            Some(
+                "caravan_full"
+                    | "already_reserved"
+                    | "registration_ended"
+                    | "registration_not_open"
+                    | "not_called"
+                    | "receipt_needs_conversion"
+            )
+        ) | (401, Some("invalid_credentials"))
+    )
 }
 
 /// Capacity and free seats of every caravan, as the province lists show them.
@@ -220,7 +244,9 @@ fn check_acknowledged(
         export.iter().map(|r| (r.id.as_str(), r)).collect();
     let mut seen = HashSet::new();
     for ack in acknowledged {
-        if !seen.insert(ack.id.as_str()) {
+        // One reservation may be acknowledged twice (a double submission); each distinct
+        // claim about it is compared.
+        if !seen.insert(ack) {
             continue;
         }
         match by_id.get(ack.id.as_str()) {

@@ -144,7 +144,8 @@ impl Http {
             tokio::time::sleep_until(call.intended.into()).await;
         }
         let dispatched = Instant::now();
-        let result = self.send(&call).await;
+        let connected = parking_lot::Mutex::new(None);
+        let result = self.send(&call, &connected).await;
         let done = Instant::now();
         let (outcome, answer) = match &result {
             Ok(a) => (a.outcome, Some((a.status, a.code()))),
@@ -155,6 +156,7 @@ impl Http {
             endpoint: call.endpoint,
             intended: call.intended,
             dispatched,
+            connected: *connected.lock(),
             done,
             outcome,
             answer,
@@ -162,7 +164,11 @@ impl Http {
         result
     }
 
-    async fn send(&self, call: &Call<'_>) -> Result<Answer, NoAnswer> {
+    async fn send(
+        &self,
+        call: &Call<'_>,
+        connected: &parking_lot::Mutex<Option<Instant>>,
+    ) -> Result<Answer, NoAnswer> {
         let deadline = call.intended + self.timeout;
         let work = async {
             let _permit = self
@@ -170,6 +176,7 @@ impl Http {
                 .acquire()
                 .await
                 .map_err(|_| NoAnswer::Transport)?;
+            *connected.lock() = Some(Instant::now());
             self.exchange(call).await
         };
         match tokio::time::timeout_at(deadline.into(), work).await {
@@ -204,7 +211,11 @@ impl Http {
                 .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let retry_after_s = header(hyper::header::RETRY_AFTER).and_then(|v| v.trim().parse().ok());
+        // Seconds only (an HTTP date counts as absent); a value that is not a finite,
+        // non-negative number is ignored rather than trusted.
+        let retry_after_s = header(hyper::header::RETRY_AFTER)
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0);
         let etag = header(hyper::header::ETAG);
         let body = response
             .into_body()

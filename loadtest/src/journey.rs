@@ -89,6 +89,10 @@ struct Walk<'a> {
     list: Vec<Listed>,
     etag: Option<String>,
     decided: Option<Instant>,
+    /// Intended send time of the attempt that got the last answer.
+    last_intended: Instant,
+    /// Reservation attempts so far: each gets its own `Idempotency-Key`.
+    attempts: u32,
 }
 
 enum Seat {
@@ -106,10 +110,16 @@ pub async fn run(ctx: Arc<Context>, j: Journey) {
         list: Vec::new(),
         etag: None,
         decided: None,
+        last_intended: ctx.at(j.start_ms),
+        attempts: 0,
     };
     let (ending, seat) = walk.play().await;
-    let time_to_seat = match (&seat, walk.decided) {
-        (Some((_, at)), Some(decided)) => Some(at.saturating_duration_since(decided)),
+    // Time to a seat measures the rush, so seats from a waiting list (minutes later) are not
+    // in it.
+    let time_to_seat = match (&seat, walk.decided, ending) {
+        (Some((_, at)), Some(decided), Ending::Seated) => {
+            Some(at.saturating_duration_since(decided))
+        }
         _ => None,
     };
     ctx.http.recorder().ending(ending, time_to_seat);
@@ -143,7 +153,7 @@ impl<'a> Walk<'a> {
             let pick = self.j.picks.first().cloned().or(first).unwrap_or_default();
             // A server that seats a holder on wrong credentials has still seated them.
             let answer = self.reserve_once(&pick, "wrong", true, at).await;
-            if let Some(seat) = self.seated_by(answer, at) {
+            if let Some(seat) = self.seated_by(answer) {
                 return (Ending::Seated, Some(seat));
             }
         }
@@ -155,35 +165,50 @@ impl<'a> Walk<'a> {
     }
 
     /// The seat a 201 gave, acknowledged; `None` for any other answer.
-    fn seated_by(
-        &mut self,
-        answer: Result<Answer, NoAnswer>,
-        intended: Instant,
-    ) -> Option<(String, Instant)> {
+    fn seated_by(&mut self, answer: Result<Answer, NoAnswer>) -> Option<(String, Instant)> {
         let answer = answer.ok().filter(|a| a.status == 201)?;
-        let id = self.acknowledge(&answer, intended)?;
+        let id = self.acknowledge(&answer)?;
         Some((id, self.last_done))
     }
 
     /// Refreshes the list until the planned moment; an eager holder clicks once too early
     /// (and is seated if the server took it).
     async fn wait_for_opening(&mut self) -> Option<(String, Instant)> {
+        // An eager click comes between refreshes, never before the holder arrived.
+        let mut click = self.j.early_click_ms.map(|c| c.max(self.j.start_ms));
         if self.j.refresh_ms > 0 {
             let mut t = self.j.start_ms;
             while t < self.j.act_ms {
+                if let Some(c) = click.filter(|c| *c <= t) {
+                    click = None;
+                    if let Some(seat) = self.click_early(c).await {
+                        return Some(seat);
+                    }
+                }
                 let at = self.next_after(self.ctx.at(t));
                 let _ = self.list_caravans(at).await;
+                // Every planned refresh is sent, none before the previous answer: a slow
+                // answer delays the next ones (measured from their planned time) rather than
+                // dropping them, so the requests a plan sends do not depend on timing.
                 t += i64::from(self.j.refresh_ms);
             }
         }
-        if let Some(click) = self.j.early_click_ms {
-            let caravan = self.j.picks.first().cloned().unwrap_or_default();
-            let at = self.next_after(self.ctx.at(click));
-            self.decided = Some(at);
-            let answer = self.reserve_once(&caravan, "early", false, at).await;
-            return self.seated_by(answer, at);
+        match click {
+            Some(c) => self.click_early(c).await,
+            None => None,
         }
-        None
+    }
+
+    async fn click_early(&mut self, click_ms: i64) -> Option<(String, Instant)> {
+        // A holder whose city has no caravan has nothing to click.
+        let caravan = self.j.picks.first().cloned()?;
+        let at = self.next_after(self.ctx.at(click_ms));
+        let answer = self.reserve_once(&caravan, "early", false, at).await;
+        let seat = self.seated_by(answer);
+        if seat.is_some() {
+            self.decided = Some(at);
+        }
+        seat
     }
 
     fn credentials(&self) -> [(&'static str, &'a str); 2] {
@@ -210,14 +235,18 @@ impl<'a> Walk<'a> {
                 })
                 .await;
             self.last_done = Instant::now();
+            self.last_intended = intended;
+            let recorder = self.ctx.http.recorder();
             match &result {
                 Ok(a) if a.outcome == Outcome::Shed && shed < SHED_RETRIES_MAX => {
+                    recorder.retry();
                     shed += 1;
                     let wait = a.retry_after_s.unwrap_or(1.0).clamp(0.0, 60.0)
                         * self.rng.random_range(1.0..1.5);
                     intended = self.last_done + Duration::from_secs_f64(wait);
                 }
                 Err(_) if lost < TRANSPORT_RETRIES_MAX => {
+                    recorder.retry();
                     lost += 1;
                     let wait = 0.25 * f64::from(1u32 << lost) * self.rng.random_range(0.5..1.5);
                     intended = self.last_done + Duration::from_secs_f64(wait);
@@ -288,51 +317,51 @@ impl<'a> Walk<'a> {
         let body = reserve_body(&self.j.national_id, tracking_code, caravan);
         let key = format!("{}-{}-{key_suffix}", self.ctx.key_prefix, self.j.id);
         let headers = [("idempotency-key", key.as_str())];
-        self.send(Call {
-            endpoint: Endpoint::Reserve,
-            method: Method::POST,
-            path: "/v1/reservations",
-            body: Some(body),
-            headers: &headers,
-            intended: at,
-            wrong_credentials,
-        })
-        .await
+        let answer = self
+            .send(Call {
+                endpoint: Endpoint::Reserve,
+                method: Method::POST,
+                path: "/v1/reservations",
+                body: Some(body.clone()),
+                headers: &headers,
+                intended: at,
+                wrong_credentials,
+            })
+            .await;
+        if answer.is_err() {
+            // The server may have reserved without answering: the check resends it.
+            self.ctx.http.recorder().unanswered(Unanswered {
+                key,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                national_id: self.j.national_id.clone(),
+            });
+        }
+        answer
     }
 
     async fn reserve_loop(&mut self) -> Seat {
         let mut tried: Vec<String> = Vec::new();
         let mut candidate = self.choose(&tried);
-        for attempt in 0..RESERVE_ATTEMPTS_MAX {
+        for _ in 0..RESERVE_ATTEMPTS_MAX {
             let Some(caravan) = candidate.take() else {
                 return Seat::Lost(Ending::SoldOut);
             };
             tried.push(caravan.clone());
             let at = self.last_done + self.think();
+            // One key per attempt over the whole journey: a key never carries two bodies.
+            let attempt = self.attempts;
+            self.attempts += 1;
             let key_suffix = attempt.to_string();
             let answer = if self.j.double_submit && attempt == 0 {
                 self.double_submit(&caravan, &key_suffix, at).await
             } else {
                 self.reserve_once(&caravan, &key_suffix, false, at).await
             };
-            let answer = match answer {
-                Ok(a) => a,
-                Err(_) => {
-                    self.ctx.http.recorder().unanswered(Unanswered {
-                        key: format!("{}-{}-{key_suffix}", self.ctx.key_prefix, self.j.id),
-                        body: String::from_utf8_lossy(&reserve_body(
-                            &self.j.national_id,
-                            &self.j.tracking_code,
-                            &caravan,
-                        ))
-                        .into_owned(),
-                        national_id: self.j.national_id.clone(),
-                    });
-                    return Seat::Lost(Ending::Failed);
-                }
+            let Ok(answer) = answer else {
+                return Seat::Lost(Ending::Failed);
             };
             match (answer.status, answer.code()) {
-                (201, _) => match self.acknowledge(&answer, at) {
+                (201, _) => match self.acknowledge(&answer) {
                     Some(id) => {
                         return Seat::Taken {
                             id,
@@ -398,6 +427,8 @@ impl<'a> Walk<'a> {
             list: Vec::new(),
             etag: None,
             decided: None,
+            last_intended: self.last_intended,
+            attempts: self.attempts,
         };
         let (first, second) = tokio::join!(
             self.reserve_once(caravan, key_suffix, false, at),
@@ -415,14 +446,24 @@ impl<'a> Walk<'a> {
         match (&first, &second) {
             (Ok(a), _) if a.status == 201 => first,
             (_, Ok(b)) if b.status == 201 => second,
+            (Err(_), Ok(_)) => second,
             _ => first,
         }
     }
 
     /// Records a 201 or accepted offer; returns the reservation id.
-    fn acknowledge(&mut self, answer: &Answer, intended: Instant) -> Option<String> {
-        let body: ReservationBody = serde_json::from_slice(&answer.body).ok()?;
+    fn acknowledge(&mut self, answer: &Answer) -> Option<String> {
         let recorder = self.ctx.http.recorder();
+        let Ok(body) = serde_json::from_slice::<ReservationBody>(&answer.body) else {
+            recorder.violation(format!(
+                "holder {}: a {} without a reservation in its body",
+                self.j.national_id, answer.status
+            ));
+            return None;
+        };
+        // First come, first served is judged on the attempt that was answered (after any
+        // 429/503 retries), not on the first try.
+        let intended = self.last_intended;
         if answer.status == 201
             && let Ok(ts) = body.created_at.parse::<jiff::Timestamp>()
         {
@@ -519,11 +560,36 @@ impl<'a> Walk<'a> {
             })
             .await
             .ok()?;
-        if answer.status != 200 {
-            return None;
-        }
-        let id = self.acknowledge(&answer, at)?;
+        let answer = match answer.status {
+            200 => answer,
+            // A retried accept whose first try took effect is refused: read the offer back.
+            409 => self.read_reservation(id).await.filter(|a| {
+                serde_json::from_slice::<serde_json::Value>(&a.body)
+                    .is_ok_and(|v| v["status"] == "held")
+            })?,
+            _ => return None,
+        };
+        let id = self.acknowledge(&answer)?;
         Some((id, self.last_done))
+    }
+
+    async fn read_reservation(&mut self, id: &str) -> Option<Answer> {
+        let at = self.last_done;
+        let path = format!("/v1/reservations/{id}");
+        let credentials = self.credentials();
+        let headers = [credentials[0], credentials[1]];
+        self.send(Call {
+            endpoint: Endpoint::Read,
+            method: Method::GET,
+            path: &path,
+            body: None,
+            headers: &headers,
+            intended: at,
+            wrong_credentials: false,
+        })
+        .await
+        .ok()
+        .filter(|a| a.status == 200)
     }
 
     /// A cancellation, or the operator's stage events, on the holder's reservation.
@@ -553,7 +619,9 @@ impl<'a> Walk<'a> {
         let headers = [("authorization", authorization.as_str())];
         for event in &self.j.events {
             let at = self.last_done + Duration::from_millis(u64::from(event.after_ms));
-            let body = Bytes::from(format!("{{\"kind\":\"{}\"}}", event.kind));
+            let body = Bytes::from(
+                serde_json::to_vec(&serde_json::json!({ "kind": event.kind })).unwrap_or_default(),
+            );
             let answer = self
                 .send(Call {
                     endpoint: Endpoint::Event,

@@ -70,8 +70,11 @@ impl Outcome {
             200..=299 => Outcome::Ok,
             304 => Outcome::NotModified,
             429 | 503 if has_retry_after => Outcome::Shed,
+            // Shedding without saying when to come back leaves clients to hammer.
+            429 => Outcome::ServerError,
             401 if wrong_credentials_planned => Outcome::Rejected,
             403 | 409 if code.is_some_and(is_rush_refusal) => Outcome::Rejected,
+            404 if code == Some("not_waiting") => Outcome::Rejected,
             400..=499 => Outcome::Unexpected,
             _ => Outcome::ServerError,
         }
@@ -109,19 +112,22 @@ pub enum Endpoint {
     Accept,
     /// `DELETE /v1/reservations/{id}`.
     Cancel,
+    /// `GET /v1/reservations/{id}`.
+    Read,
     /// `POST /v1/reservations/{id}/events` (operator).
     Event,
 }
 
 impl Endpoint {
     /// Every endpoint, in report order.
-    pub const ALL: [Endpoint; 7] = [
+    pub const ALL: [Endpoint; 8] = [
         Endpoint::List,
         Endpoint::Reserve,
         Endpoint::WaitlistJoin,
         Endpoint::WaitlistPoll,
         Endpoint::Accept,
         Endpoint::Cancel,
+        Endpoint::Read,
         Endpoint::Event,
     ];
 
@@ -134,6 +140,7 @@ impl Endpoint {
             Endpoint::WaitlistPoll => "waitlist_poll",
             Endpoint::Accept => "accept",
             Endpoint::Cancel => "cancel",
+            Endpoint::Read => "read",
             Endpoint::Event => "event",
         }
     }
@@ -159,7 +166,21 @@ mod tests {
         check(409, Some("caravan_full"), false, false, Outcome::Rejected);
         check(503, Some("overloaded"), true, false, Outcome::Shed);
         check(503, Some("overloaded"), false, false, Outcome::ServerError);
-        check(429, Some("rate_limited"), false, false, Outcome::Unexpected);
+        check(
+            429,
+            Some("rate_limited"),
+            false,
+            false,
+            Outcome::ServerError,
+        );
+        check(404, Some("not_waiting"), false, false, Outcome::Rejected);
+        check(
+            404,
+            Some("reservation_not_found"),
+            false,
+            false,
+            Outcome::Unexpected,
+        );
         check(
             401,
             Some("invalid_credentials"),

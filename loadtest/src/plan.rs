@@ -521,6 +521,48 @@ fn draw_events(
     events
 }
 
+/// Times in a plan stay within a week of the opening: far enough for any rehearsal, near
+/// enough that no instant arithmetic can overflow.
+const PLAN_TIME_MS_MAX: i64 = 7 * 24 * 3_600_000;
+
+/// Refuses a journey a file made impossible: times out of range, steps out of order, or an
+/// id seen before (ids name `Idempotency-Key`s).
+fn check_journey(j: &Journey, ids: &mut std::collections::HashSet<u32>) -> anyhow::Result<()> {
+    let in_range = |ms: i64| ms.abs() <= PLAN_TIME_MS_MAX;
+    let after: i64 = j
+        .events
+        .iter()
+        .map(|e| i64::from(e.after_ms))
+        .sum::<i64>()
+        .max(i64::from(j.cancel_after_ms.unwrap_or(0)))
+        + i64::from(j.waitlist_poll_ms) * i64::from(j.waitlist_polls.min(1_000));
+    if !(in_range(j.start_ms)
+        && in_range(j.act_ms)
+        && j.early_click_ms.is_none_or(in_range)
+        && in_range(after))
+    {
+        bail!("journey {}: a time beyond a week of the opening", j.id);
+    }
+    if j.act_ms < j.start_ms {
+        bail!(
+            "journey {}: acts ({} ms) before it starts ({} ms)",
+            j.id,
+            j.act_ms,
+            j.start_ms
+        );
+    }
+    if j.waitlist_polls > 1_000 {
+        bail!(
+            "journey {}: more than 1,000 looks at the waiting list",
+            j.id
+        );
+    }
+    if !ids.insert(j.id) {
+        bail!("journey id {} appears twice", j.id);
+    }
+    Ok(())
+}
+
 /// Writes `plan` as NDJSON: the header line, then one journey per line.
 pub fn write(plan: &Plan, path: &Path) -> anyhow::Result<()> {
     let file =
@@ -558,13 +600,17 @@ pub fn read(path: &Path) -> anyhow::Result<Plan> {
             header.format
         );
     }
-    let mut journeys = Vec::with_capacity(header.journeys.min(10_000_000));
+    validate(&header.params).with_context(|| format!("{} line 1", path.display()))?;
+    let mut journeys = Vec::with_capacity(header.journeys.min(1_000_000));
+    let mut ids = std::collections::HashSet::new();
     for (n, line) in lines.enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.trim().is_empty() {
             continue;
         }
         let journey: Journey = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}", path.display(), n + 2))?;
+        check_journey(&journey, &mut ids)
             .with_context(|| format!("{} line {}", path.display(), n + 2))?;
         journeys.push(journey);
     }

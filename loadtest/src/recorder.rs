@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -58,7 +58,7 @@ impl Ending {
 }
 
 /// A reservation the client saw acknowledged (201, or 200 on accepting an offer).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Acknowledged {
     /// The reservation's id.
     pub id: String,
@@ -108,6 +108,7 @@ struct Shard {
     outcomes: [[u64; Outcome::ALL.len()]; Endpoint::ALL.len()],
     answers: Vec<AnswerCount>,
     lag: Histogram<u64>,
+    queue: Histogram<u64>,
     seconds: Vec<Second>,
     time_to_seat: Histogram<u64>,
     endings: [u64; Ending::ALL.len()],
@@ -129,6 +130,7 @@ impl Shard {
             outcomes: [[0; Outcome::ALL.len()]; Endpoint::ALL.len()],
             answers: Vec::new(),
             lag: histogram(3),
+            queue: histogram(3),
             seconds: Vec::new(),
             time_to_seat: histogram(3),
             endings: [0; Ending::ALL.len()],
@@ -144,6 +146,10 @@ impl Shard {
 pub struct Recorder {
     run_start: Instant,
     shards: Vec<Mutex<Shard>>,
+    /// Seconds already merged over the shards and reduced to their figures, so memory for
+    /// histograms is held only for the last second or two, however long the run.
+    sealed: Mutex<Vec<SealedSecond>>,
+    retries: AtomicU64,
 }
 
 thread_local! {
@@ -160,6 +166,8 @@ pub struct RequestRecord<'a> {
     pub intended: Instant,
     /// When the generator got to it (before waiting for a connection).
     pub dispatched: Instant,
+    /// When it got a connection (`None` if it never did).
+    pub connected: Option<Instant>,
     /// When the answer (or the failure) arrived.
     pub done: Instant,
     /// The outcome class.
@@ -178,6 +186,8 @@ impl Recorder {
         Recorder {
             run_start,
             shards: (0..shards).map(|_| Mutex::new(Shard::new())).collect(),
+            sealed: Mutex::new(Vec::new()),
+            retries: AtomicU64::new(0),
         }
     }
 
@@ -200,6 +210,11 @@ impl Recorder {
     pub fn request(&self, r: RequestRecord<'_>) {
         let latency_us = micros(r.done.saturating_duration_since(r.intended));
         let lag_us = micros(r.dispatched.saturating_duration_since(r.intended));
+        let queue_us = micros(
+            r.connected
+                .unwrap_or(r.done)
+                .saturating_duration_since(r.dispatched),
+        );
         let second = r.done.saturating_duration_since(self.run_start).as_secs() as usize;
         let endpoint = r.endpoint as usize;
         let outcome = r.outcome as usize;
@@ -207,6 +222,7 @@ impl Recorder {
         shard.latency[endpoint].saturating_record(latency_us);
         shard.outcomes[endpoint][outcome] += 1;
         shard.lag.saturating_record(lag_us);
+        shard.queue.saturating_record(queue_us);
         if shard.seconds.len() <= second {
             shard.seconds.resize_with(second + 1, Second::default);
         }
@@ -281,10 +297,35 @@ impl Recorder {
         }
     }
 
-    /// Totals so far and one second's figures, for the live view.
+    /// Counts a retry (a request sent again after 429/503 or a lost answer).
+    pub fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Merges every second before `second` over the shards and keeps only its figures.
+    pub fn seal_before(&self, second: usize) {
+        let mut sealed = self.sealed.lock();
+        while sealed.len() < second {
+            let index = sealed.len();
+            let mut total = Second::default();
+            for shard in &self.shards {
+                let mut shard = shard.lock();
+                if let Some(s) = shard.seconds.get_mut(index) {
+                    merge_second(&mut total, std::mem::take(s));
+                }
+            }
+            sealed.push(total.seal());
+        }
+    }
+
+    /// The second (since the run started) `at` falls in.
+    pub fn second_of(&self, at: Instant) -> usize {
+        at.saturating_duration_since(self.run_start).as_secs() as usize
+    }
+
+    /// Totals so far and the figures of one sealed second, for the live view.
     pub fn live(&self, second: usize) -> Live {
         let mut live = Live::default();
-        let mut last = histogram(2);
         for shard in &self.shards {
             let shard = shard.lock();
             for row in &shard.outcomes {
@@ -292,31 +333,37 @@ impl Recorder {
                     *total += n;
                 }
             }
-            if let Some(s) = shard.seconds.get(second) {
-                live.last_second_requests += s.outcomes.iter().sum::<u64>();
-                if let Some(h) = &s.all {
-                    let _ = last.add(h);
-                }
-            }
         }
-        live.last_second_p99_ms = percentiles(&last).p99_ms;
+        if let Some(s) = self.sealed.lock().get(second) {
+            live.last_second_requests = s.outcomes.iter().sum();
+            live.last_second_p99_ms = s.p99_ms;
+        }
         live
     }
 
     /// Merges the shards into one result.
     pub fn finish(&self) -> Recorded {
+        let seconds = self
+            .shards
+            .iter()
+            .map(|s| s.lock().seconds.len())
+            .max()
+            .unwrap_or(0);
+        self.seal_before(seconds);
         let mut out = Recorded {
             latency: Endpoint::ALL.iter().map(|_| histogram(3)).collect(),
             outcomes: [[0; Outcome::ALL.len()]; Endpoint::ALL.len()],
             answers: BTreeMap::new(),
             lag: histogram(3),
-            seconds: Vec::new(),
+            queue: histogram(3),
+            seconds: self.sealed.lock().clone(),
             time_to_seat: histogram(3),
             endings: BTreeMap::new(),
             acknowledged: Vec::new(),
             unanswered: Vec::new(),
             arrivals: Vec::new(),
             violations: Vec::new(),
+            retries: self.retries.load(Ordering::Relaxed),
         };
         for shard in &self.shards {
             let shard = shard.lock();
@@ -337,8 +384,8 @@ impl Recorder {
                 *out.answers.entry(key).or_default() += a.count;
             }
             let _ = out.lag.add(&shard.lag);
+            let _ = out.queue.add(&shard.queue);
             let _ = out.time_to_seat.add(&shard.time_to_seat);
-            merge_seconds(&mut out.seconds, &shard.seconds);
             for (i, n) in shard.endings.iter().enumerate() {
                 *out.endings.entry(Ending::ALL[i].name()).or_default() += n;
             }
@@ -351,22 +398,35 @@ impl Recorder {
     }
 }
 
-fn merge_seconds(into: &mut Vec<SecondTotals>, from: &[Second]) {
-    if into.len() < from.len() {
-        into.resize_with(from.len(), SecondTotals::default);
+fn merge_second(total: &mut Second, second: Second) {
+    for (t, n) in total.outcomes.iter_mut().zip(second.outcomes) {
+        *t += n;
     }
-    for (total, second) in into.iter_mut().zip(from) {
-        for (t, n) in total.outcomes.iter_mut().zip(second.outcomes) {
-            *t += n;
-        }
-        for (target, source) in [
-            (&mut total.all, &second.all),
-            (&mut total.reserve, &second.reserve),
-            (&mut total.lag, &second.lag),
-        ] {
-            if let Some(h) = source {
-                let _ = target.get_or_insert_with(|| histogram(2)).add(h);
+    for (target, source) in [
+        (&mut total.all, second.all),
+        (&mut total.reserve, second.reserve),
+        (&mut total.lag, second.lag),
+    ] {
+        if let Some(h) = source {
+            match target {
+                Some(t) => {
+                    let _ = t.add(&h);
+                }
+                None => *target = Some(h),
             }
+        }
+    }
+}
+
+impl Second {
+    fn seal(self) -> SealedSecond {
+        let p99 = |h: &Option<Histogram<u64>>| h.as_ref().map_or(0.0, |h| percentiles(h).p99_ms);
+        SealedSecond {
+            outcomes: self.outcomes,
+            p50_ms: self.all.as_ref().map_or(0.0, |h| percentiles(h).p50_ms),
+            p99_ms: p99(&self.all),
+            reserve_p99_ms: p99(&self.reserve),
+            lag_p99_ms: p99(&self.lag),
         }
     }
 }
@@ -386,17 +446,19 @@ pub struct Live {
     pub last_second_p99_ms: f64,
 }
 
-/// One second of the merged timeline.
-#[derive(Default)]
-pub struct SecondTotals {
+/// One second of the timeline, merged over the shards and reduced to its figures.
+#[derive(Debug, Clone, Default)]
+pub struct SealedSecond {
     /// Answers by outcome class.
     pub outcomes: [u64; Outcome::ALL.len()],
-    /// Latency of all requests answered in this second.
-    pub all: Option<Histogram<u64>>,
-    /// Latency of reservations answered in this second.
-    pub reserve: Option<Histogram<u64>>,
-    /// Send lag of the requests answered in this second.
-    pub lag: Option<Histogram<u64>>,
+    /// Median latency of the requests answered in this second (ms).
+    pub p50_ms: f64,
+    /// Their 99th percentile (ms).
+    pub p99_ms: f64,
+    /// 99th percentile of the reservations answered in this second (ms).
+    pub reserve_p99_ms: f64,
+    /// 99th percentile send lag of the requests answered in this second (ms).
+    pub lag_p99_ms: f64,
 }
 
 /// The merged record of a run.
@@ -409,8 +471,10 @@ pub struct Recorded {
     pub answers: BTreeMap<String, u64>,
     /// Send lag (µs).
     pub lag: Histogram<u64>,
+    /// Waits for a free connection (µs).
+    pub queue: Histogram<u64>,
     /// Per second since the run started.
-    pub seconds: Vec<SecondTotals>,
+    pub seconds: Vec<SealedSecond>,
     /// Decision to seat (µs).
     pub time_to_seat: Histogram<u64>,
     /// Journeys by ending.
@@ -423,6 +487,8 @@ pub struct Recorded {
     pub arrivals: Vec<Arrival>,
     /// Contract violations the client saw.
     pub violations: Vec<String>,
+    /// Requests sent again after 429/503 or a lost answer.
+    pub retries: u64,
 }
 
 impl Recorded {

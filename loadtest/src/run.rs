@@ -72,13 +72,14 @@ pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
         .with_context(|| format!("reaching {}", options.target))?;
     let lead = Duration::from_millis(plan.lead_ms().unsigned_abs());
     let (wave, opens_at_ms) = anchor_wave(&admin, plan, options, lead).await?;
-    let now_ms = jiff::Timestamp::now().as_millisecond();
-    let until_opening = opens_at_ms - now_ms;
-    if until_opening + i64::try_from(lead.as_millis()).unwrap_or(i64::MAX) < 0 {
+    let started_at = jiff::Timestamp::now();
+    let until_opening = opens_at_ms - started_at.as_millisecond();
+    // The plan's first request must still lie ahead (100 ms of slack for the calls above).
+    if until_opening + plan.lead_ms() < -100 {
         bail!(
-            "wave {:?} opened at {} and the plan starts {:.1} s before its opening; pass \
-             --reschedule-in (with the operator token) to move the opening, or use a server \
-             whose wave has not opened yet",
+            "wave {:?} opens at {}, but the plan's first request is due {:.1} s before the \
+             opening, which has passed; pass --reschedule-in (with the operator token) to move \
+             the opening, or use a server whose wave opens later",
             wave.name,
             wave.opens_at,
             lead.as_secs_f64()
@@ -120,6 +121,7 @@ pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
         Arc::clone(&samples),
         stop_rx.clone(),
     ));
+    let sealer = tokio::spawn(seal_seconds(Arc::clone(&recorder), stop_rx.clone()));
     let live = options.live.then(|| {
         tokio::spawn(live_view(
             Arc::clone(&recorder),
@@ -134,17 +136,22 @@ pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
     for j in &plan.journeys {
         // Start each task shortly before its first request; it sleeps until the exact time.
         let wake = ctx
-            .at(j.start_ms.min(j.early_click_ms.unwrap_or(j.start_ms)))
+            .at(j.start_ms)
             .checked_sub(Duration::from_millis(20))
             .unwrap_or(opening);
         tokio::time::sleep_until(wake.into()).await;
         journeys.spawn(journey::run(Arc::clone(&ctx), j.clone()));
-        while journeys.try_join_next().is_some() {}
+        while let Some(ended) = journeys.try_join_next() {
+            note_crash(&recorder, ended);
+        }
     }
-    while journeys.join_next().await.is_some() {}
+    while let Some(ended) = journeys.join_next().await {
+        note_crash(&recorder, ended);
+    }
     let finished = Instant::now();
     let _ = stop_tx.send(true);
     let _ = sampler.await;
+    let _ = sealer.await;
     if let Some(live) = live {
         let _ = live.await;
     }
@@ -156,12 +163,20 @@ pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
         &recorded,
         &SummaryInputs {
             wave: &wave,
+            started_at,
             lead_whole_s,
             duration: finished.saturating_duration_since(first_due.max(run_start)),
             seats,
         },
     );
     Ok(Played { summary, recorded })
+}
+
+/// A journey task that panicked is a defect of the tester: it fails the run, never vanishes.
+fn note_crash(recorder: &Recorder, ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended {
+        recorder.violation(format!("a journey crashed in the load tester: {e}"));
+    }
 }
 
 /// Finds the plan's wave and, if asked, moves its opening; returns it and its opening (ms).
@@ -228,6 +243,18 @@ async fn sample_seats(
     }
 }
 
+/// Seals each second of the timeline once it is over, keeping memory flat over long runs.
+async fn seal_seconds(recorder: Arc<Recorder>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => recorder.seal_before(recorder.second_of(Instant::now())),
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 fn seconds_since(opening: Instant, at: Instant) -> f64 {
     if at >= opening {
         at.duration_since(opening).as_secs_f64()
@@ -264,11 +291,9 @@ async fn live_view(
                 now.duration_since(opening).as_secs_f64()
             )
         };
-        let second = now
-            .saturating_duration_since(recorder.run_start())
-            .as_secs()
-            .saturating_sub(1);
-        let live = recorder.live(second as usize);
+        let second = recorder.second_of(now);
+        recorder.seal_before(second);
+        let live = recorder.live(second.saturating_sub(1));
         let line = format!(
             "{clock} | {:>6} req/s | ok {} | 304 {} | rejected {} | shed {} | failed {} | p99 {:.1} ms | {} journeys planned",
             live.last_second_requests,
@@ -320,6 +345,7 @@ fn seats_timeline(provinces: &[Province], samples: &[SeatSample]) -> SeatsTimeli
 
 struct SummaryInputs<'a> {
     wave: &'a Wave,
+    started_at: jiff::Timestamp,
     lead_whole_s: u64,
     duration: Duration,
     seats: SeatsTimeline,
@@ -374,10 +400,10 @@ fn summarize(
                 .map(|o| (o.name().to_string(), s.outcomes[*o as usize]))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
-            p50_ms: s.all.as_ref().map_or(0.0, |h| percentiles(h).p50_ms),
-            p99_ms: s.all.as_ref().map_or(0.0, |h| percentiles(h).p99_ms),
-            reserve_p99_ms: s.reserve.as_ref().map_or(0.0, |h| percentiles(h).p99_ms),
-            send_lag_p99_ms: s.lag.as_ref().map_or(0.0, |h| percentiles(h).p99_ms),
+            p50_ms: s.p50_ms,
+            p99_ms: s.p99_ms,
+            reserve_p99_ms: s.reserve_p99_ms,
+            send_lag_p99_ms: s.lag_p99_ms,
         })
         .collect();
     let peak_rps = recorded
@@ -389,7 +415,7 @@ fn summarize(
     let sell_out = sell_outs(&inputs.seats, plan.header.params.speed);
     let mut summary = Summary {
         target: options.target.clone(),
-        started_at: jiff::Timestamp::now().to_string(),
+        started_at: inputs.started_at.to_string(),
         opens_at: inputs.wave.opens_at.clone(),
         plan: PlanInfo {
             seed: plan.header.params.seed,
@@ -414,7 +440,9 @@ fn summarize(
             time_to_seat: percentiles(&recorded.time_to_seat),
         },
         goodput_per_s: seated as f64 / duration_s,
-        retry_amplification: requests as f64 / planned_requests(plan).max(1) as f64,
+        retry_amplification: requests as f64
+            / requests.saturating_sub(recorded.retries).max(1) as f64,
+        connection_wait: percentiles(&recorded.queue),
         send_lag: LagSummary {
             p50_ms: lag.p50_ms,
             p99_ms: lag.p99_ms,

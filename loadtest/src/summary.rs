@@ -35,8 +35,13 @@ pub struct Summary {
     pub journeys: JourneySummary,
     /// Seated journeys per second of the run.
     pub goodput_per_s: f64,
-    /// Requests sent per request planned (retries, re-lists and alternatives add to it).
+    /// Requests sent per request sent once (retries after 429/503 or a lost answer add to
+    /// it; re-lists and alternatives are new requests, not retries).
     pub retry_amplification: f64,
+    /// Waits for a free client connection (counted in latency; a long wait means the client's
+    /// `--connections` held requests back, so the server saw less than the planned load).
+    #[serde(default)]
+    pub connection_wait: Percentiles,
     /// How late the generator sent requests against their intended time.
     pub send_lag: LagSummary,
     /// One point per second of the run.
@@ -298,6 +303,11 @@ impl Summary {
                 e.name, e.requests, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
             );
         }
+        let _ = writeln!(
+            out,
+            "conn wait  p50 {:.2} ms  p99 {:.2} ms  max {:.1} ms (waiting for one of the client's connections)",
+            self.connection_wait.p50_ms, self.connection_wait.p99_ms, self.connection_wait.max_ms
+        );
         let _ = writeln!(
             out,
             "send lag   p50 {:.2} ms  p99 {:.2} ms  max {:.1} ms: {}",

@@ -513,7 +513,8 @@ impl<'a> Walk<'a> {
             _ => return (Ending::Failed, None),
         }
         for _ in 0..self.j.waitlist_polls {
-            let period = f64::from(self.j.waitlist_poll_ms) * self.rng.random_range(0.5..1.5);
+            // Jitter only shortens the period, so the looks end within the planned hour.
+            let period = f64::from(self.j.waitlist_poll_ms) * self.rng.random_range(0.5..1.0);
             let at = self.last_done + Duration::from_millis(period as u64);
             let credentials = self.credentials();
             let headers = [credentials[0], credentials[1]];

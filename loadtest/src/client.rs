@@ -145,7 +145,9 @@ impl Http {
         }
         let dispatched = Instant::now();
         let connected = parking_lot::Mutex::new(None);
-        let result = self.send(&call, &connected).await;
+        // Boxed: the exchange's future is large, and 300,000 journeys waiting at once each
+        // hold their state machine; boxing keeps a waiting journey small.
+        let result = Box::pin(self.send(&call, &connected)).await;
         let done = Instant::now();
         let (outcome, answer) = match &result {
             Ok(a) => (a.outcome, Some((a.status, a.code()))),

@@ -123,7 +123,10 @@ pub async fn run(ctx: Arc<Context>, j: Journey) {
         _ => None,
     };
     ctx.http.recorder().ending(ending, time_to_seat);
-    if let Some((id, _)) = seat {
+    // Cancellations and stage events are planned to fit before the horizon from the
+    // holder's moment to act; a seat from the waiting list comes too late for them, and
+    // leaving them out by plan, not by clock, keeps the requests independent of timing.
+    if let (Some((id, _)), Ending::Seated) = (seat, ending) {
         walk.after_seat(&id).await;
     }
 }

@@ -365,6 +365,10 @@ fn validate(p: &PlanParams) -> anyhow::Result<()> {
         if !(seconds.is_finite() && seconds > 0.0) {
             bail!("{name} must be a positive number of seconds, not {seconds}");
         }
+        // A week bounds every time of a plan, so no instant arithmetic can overflow.
+        if seconds > 7.0 * 24.0 * 3600.0 {
+            bail!("{name} must be at most a week (604800 s), not {seconds}");
+        }
     }
     Ok(())
 }

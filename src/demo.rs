@@ -139,6 +139,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         operator_token: Some(token.clone()),
         reschedule_in: Some(OPENS_IN + Duration::from_millis(plan.lead_ms().unsigned_abs())),
         live: !args.quiet,
+        // Both ends of every connection live in this process.
+        connections: crate::connections_within_limit(RunOptions::default().connections, 2),
         ..RunOptions::default()
     };
     let extras = Extras {

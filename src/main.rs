@@ -66,6 +66,9 @@ fn main() -> ExitCode {
     } else {
         logs.init();
     }
+    // Thousands of connections (a rush, or the load tester's both ends in the demo) need more
+    // open files than many systems' default soft limit; raise it to the hard limit.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let result = match cli.command {
         Command::Gen {
             out,
@@ -76,7 +79,10 @@ fn main() -> ExitCode {
         } => run_gen(out, holders, seats, seed, opens_at),
         Command::Serve(args) => serve::run(&args),
         Command::Demo(args) => demo::run(&args),
-        Command::Loadtest(args) => return run_loadtest(&args),
+        Command::Loadtest(mut args) => {
+            args.connections = connections_within_limit(args.connections, 1);
+            return run_loadtest(&args);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,4 +140,20 @@ fn run_loadtest(args: &miqat_loadtest::LoadtestArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// At most `wanted` client connections, so that `ends_per_connection` sockets each (2 when
+/// the server runs in the same process) fit the open-files limit with room to spare.
+pub(crate) fn connections_within_limit(wanted: usize, ends_per_connection: usize) -> usize {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let room = usize::try_from(limit.saturating_sub(256)).unwrap_or(usize::MAX);
+    let fitting = (room / ends_per_connection.max(1)).max(16);
+    if fitting < wanted {
+        eprintln!(
+            "miqat: {wanted} connections would pass the open-files limit ({limit}); using {fitting}"
+        );
+    }
+    wanted.min(fitting)
 }

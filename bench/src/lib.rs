@@ -313,3 +313,13 @@ pub fn copy_data_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The number after `--name` on the command line, or `default`.
+pub fn numeric_flag(name: &str, default: f64) -> f64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -133,11 +133,6 @@ impl Http {
         &self.recorder
     }
 
-    /// The base URL.
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     /// Sends `call` at its intended time and records it.
     pub async fn call(&self, call: Call<'_>) -> Result<Answer, NoAnswer> {
         if call.intended > Instant::now() {

@@ -214,6 +214,27 @@ impl<'a> Walk<'a> {
         seat
     }
 
+    /// Sends a body-less request that carries the holder's credentials as headers.
+    async fn send_as_holder(
+        &mut self,
+        endpoint: Endpoint,
+        method: Method,
+        path: &str,
+        at: Instant,
+    ) -> Result<Answer, NoAnswer> {
+        let headers = self.credentials();
+        self.send(Call {
+            endpoint,
+            method,
+            path,
+            body: None,
+            headers: &headers,
+            intended: at,
+            wrong_credentials: false,
+        })
+        .await
+    }
+
     fn credentials(&self) -> [(&'static str, &'a str); 2] {
         let j: &'a Journey = self.j;
         [
@@ -519,18 +540,8 @@ impl<'a> Walk<'a> {
             // Jitter only shortens the period, so the looks end within the planned hour.
             let period = f64::from(self.j.waitlist_poll_ms) * self.rng.random_range(0.5..1.0);
             let at = self.last_done + Duration::from_millis(period as u64);
-            let credentials = self.credentials();
-            let headers = [credentials[0], credentials[1]];
             let Ok(answer) = self
-                .send(Call {
-                    endpoint: Endpoint::WaitlistPoll,
-                    method: Method::GET,
-                    path: "/v1/waitlist/me",
-                    body: None,
-                    headers: &headers,
-                    intended: at,
-                    wrong_credentials: false,
-                })
+                .send_as_holder(Endpoint::WaitlistPoll, Method::GET, "/v1/waitlist/me", at)
                 .await
             else {
                 continue;
@@ -550,18 +561,8 @@ impl<'a> Walk<'a> {
     async fn accept(&mut self, id: &str) -> Option<(String, Instant)> {
         let at = self.last_done + self.think();
         let path = format!("/v1/reservations/{id}/accept");
-        let credentials = self.credentials();
-        let headers = [credentials[0], credentials[1]];
         let answer = self
-            .send(Call {
-                endpoint: Endpoint::Accept,
-                method: Method::POST,
-                path: &path,
-                body: None,
-                headers: &headers,
-                intended: at,
-                wrong_credentials: false,
-            })
+            .send_as_holder(Endpoint::Accept, Method::POST, &path, at)
             .await
             .ok()?;
         let answer = match answer.status {
@@ -580,20 +581,10 @@ impl<'a> Walk<'a> {
     async fn read_reservation(&mut self, id: &str) -> Option<Answer> {
         let at = self.last_done;
         let path = format!("/v1/reservations/{id}");
-        let credentials = self.credentials();
-        let headers = [credentials[0], credentials[1]];
-        self.send(Call {
-            endpoint: Endpoint::Read,
-            method: Method::GET,
-            path: &path,
-            body: None,
-            headers: &headers,
-            intended: at,
-            wrong_credentials: false,
-        })
-        .await
-        .ok()
-        .filter(|a| a.status == 200)
+        self.send_as_holder(Endpoint::Read, Method::GET, &path, at)
+            .await
+            .ok()
+            .filter(|a| a.status == 200)
     }
 
     /// A cancellation, or the operator's stage events, on the holder's reservation.
@@ -601,18 +592,8 @@ impl<'a> Walk<'a> {
         let path = format!("/v1/reservations/{id}");
         if let Some(after_ms) = self.j.cancel_after_ms {
             let at = self.last_done + Duration::from_millis(u64::from(after_ms));
-            let credentials = self.credentials();
-            let headers = [credentials[0], credentials[1]];
             let _ = self
-                .send(Call {
-                    endpoint: Endpoint::Cancel,
-                    method: Method::DELETE,
-                    path: &path,
-                    body: None,
-                    headers: &headers,
-                    intended: at,
-                    wrong_credentials: false,
-                })
+                .send_as_holder(Endpoint::Cancel, Method::DELETE, &path, at)
                 .await;
             return;
         }

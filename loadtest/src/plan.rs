@@ -201,18 +201,6 @@ impl Plan {
             .unwrap_or(0)
             .min(0)
     }
-
-    /// The last planned start of a step (not counting retries and reactions).
-    pub fn last_planned_ms(&self) -> i64 {
-        self.journeys
-            .iter()
-            .map(|j| {
-                let events: i64 = j.events.iter().map(|e| i64::from(e.after_ms)).sum();
-                j.act_ms + events.max(i64::from(j.cancel_after_ms.unwrap_or(0)))
-            })
-            .max()
-            .unwrap_or(0)
-    }
 }
 
 /// Generates the plan for `data` (deterministic in `params`).

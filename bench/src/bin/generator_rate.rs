@@ -8,20 +8,12 @@
 
 use std::time::Duration;
 
+use miqat_bench::numeric_flag;
 use miqat_loadtest::baseline::{closed_loop, start_trivial};
 
-fn flag(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let connections = flag("--connections", 64) as usize;
-    let seconds = flag("--seconds", 5);
+    let connections = numeric_flag("--connections", 64.0) as usize;
+    let seconds = numeric_flag("--seconds", 5.0) as u64;
     let server = start_trivial(Duration::from_secs(3600)).unwrap();
     let client = miqat_loadtest::client_runtime(None).unwrap();
     let mut per_core = Vec::new();

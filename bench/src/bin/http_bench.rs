@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use miqat_api::{ApiConfig, AppState, app};
-use miqat_bench::{FixedClock, fill_plan, national, resident_bytes};
+use miqat_bench::{FixedClock, fill_plan, national, numeric_flag, resident_bytes};
 use miqat_engine::catalog::Catalog;
 use miqat_engine::season::Season;
 use miqat_engine::wal::DirStorage;
@@ -265,18 +265,9 @@ fn reserve_jobs(catalog: &Catalog, season: &Season) -> Vec<Job> {
         .collect()
 }
 
-fn arg(name: &str, default: f64) -> f64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    let connections = arg("--connections", 64.0) as usize;
-    let get_requests = arg("--get-requests", 200_000.0) as usize;
+    let connections = numeric_flag("--connections", 64.0) as usize;
+    let get_requests = numeric_flag("--get-requests", 200_000.0) as usize;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

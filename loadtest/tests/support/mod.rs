@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use parking_lot::Mutex;
@@ -210,7 +210,6 @@ async fn record(
             body: String::from_utf8_lossy(&bytes).into_owned(),
         });
     }
-    let _ = Method::GET;
     next.run(axum::extract::Request::from_parts(parts, bytes.into()))
         .await
 }

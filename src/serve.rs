@@ -12,7 +12,7 @@ use miqat_api::server::{ServeOptions, serve};
 use miqat_api::{ApiConfig, AppState, app};
 use miqat_engine::clock::SystemClock;
 use miqat_engine::load::{load_catalog, load_season};
-use miqat_engine::wal::{DirStorage, Durability};
+use miqat_engine::wal::{DirStorage, Durability, MissingRecords};
 use miqat_engine::{Engine, EngineConfig};
 
 /// Options of `miqat serve`; every one also reads an environment variable.
@@ -49,6 +49,16 @@ pub struct ServeArgs {
     /// Burst per client address.
     #[arg(long, env = "MIQAT_CLIENT_BURST", default_value_t = 100)]
     pub client_burst: u32,
+    /// The operator's bearer token for `/v1/admin/*` and reservation events. Prefer the
+    /// environment variable: a command-line value is visible to other local users. Without
+    /// it, the operator endpoints answer 401.
+    #[arg(long, env = "MIQAT_OPERATOR_TOKEN", hide_env_values = true)]
+    pub operator_token: Option<String>,
+    /// Start even if recovery proves that records which were durable once are gone (a lost
+    /// snapshot, a damaged last record). The loss is logged at error level and a snapshot is
+    /// taken at once. Without it, such a start is refused with the evidence.
+    #[arg(long, env = "MIQAT_ACCEPT_MISSING_RECORDS")]
+    pub accept_missing_records: bool,
     /// Log format: `text` or `json`.
     #[arg(long, env = "MIQAT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -92,9 +102,7 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.catalog.join("season.toml"));
     let season = load_season(&season_path, &catalog)?;
-    let token = std::env::var("MIQAT_OPERATOR_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
+    let token = args.operator_token.clone().filter(|t| !t.is_empty());
     if token.is_none() {
         tracing::warn!("MIQAT_OPERATOR_TOKEN is not set: operator endpoints answer 401");
     }
@@ -120,6 +128,14 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
 
     // Recovery runs off the runtime: /healthz answers meanwhile, /readyz says 503.
     let storage = Arc::new(DirStorage::open(&args.data_dir)?);
+    let missing_records = if args.accept_missing_records {
+        tracing::warn!(
+            "--accept-missing-records: recovery may start without records it can prove are gone"
+        );
+        MissingRecords::Accept
+    } else {
+        MissingRecords::Refuse
+    };
     let recovering = {
         let catalog = Arc::clone(&catalog);
         tokio::task::spawn_blocking(move || {
@@ -130,6 +146,7 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
                 storage,
                 EngineConfig {
                     durability,
+                    missing_records,
                     ..EngineConfig::default()
                 },
             )
@@ -154,6 +171,9 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         "miqat: ready ({} records replayed in {} ms)",
         report.records_replayed, report.elapsed_ms
     );
+    if let Some(loss) = &report.accepted_loss {
+        eprintln!("miqat: STARTED WITHOUT RECORDS THAT WERE ONCE DURABLE: {loss}");
+    }
     state.set_engine(Arc::clone(&engine));
     server.await.context("server task")??;
     eprintln!("miqat: draining done; flushing the log");

@@ -19,7 +19,7 @@ use crate::record::{Offer, Record};
 use crate::season::{NotEligible, Schedule, Season, Wave};
 use crate::shard::{Ctx, Shard, ShardState};
 use crate::sync::{AtomicI64, Mutex};
-use crate::wal::{Durability, Ticket, Wal};
+use crate::wal::{Durability, MissingRecords, Ticket, Wal};
 
 /// The longest `Idempotency-Key` accepted, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
@@ -43,6 +43,9 @@ pub struct EngineConfig {
     /// Seed for reservation ids; `None` (default) seeds from the operating system. Only tests
     /// set it.
     pub id_seed: Option<u64>,
+    /// What recovery does when records that were durable once are provably gone: refuse to
+    /// start (default), or, on an operator's explicit override, start without them.
+    pub missing_records: MissingRecords,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +56,7 @@ impl Default for EngineConfig {
             snapshot_every_records: 1_000_000,
             segment_bytes_target: 64 << 20,
             id_seed: None,
+            missing_records: MissingRecords::Refuse,
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct RecoveryReport {
     pub schedule_from_log: bool,
     /// Time spent recovering, in milliseconds.
     pub elapsed_ms: u64,
+    /// Records that were durable once and are gone, accepted by the operator's override
+    /// ([`crate::wal::MissingRecords::Accept`]); `None` if nothing was lost.
+    pub accepted_loss: Option<String>,
 }
 
 /// One record read back from the log, kept until the snapshot has been applied.
@@ -72,19 +75,20 @@ impl Engine {
         let tag = engine.catalog.fingerprint();
         let mut arena = Vec::new();
         let mut pending = Vec::new();
-        let recovered = wal::recover(&*storage, tag, &mut |rec| {
-            pending.push(Pending {
-                shard: rec.shard,
-                shard_seq: rec.shard_seq,
-                lsn: rec.lsn,
-                kind: rec.kind,
-                start: arena.len(),
-                len: rec.payload.len(),
-            });
-            arena.extend_from_slice(rec.payload);
-            Ok(())
-        })
-        .map_err(|e| EngineError::Recovery(e.to_string()))?;
+        let recovered =
+            wal::recover_with(&*storage, tag, engine.config.missing_records, &mut |rec| {
+                pending.push(Pending {
+                    shard: rec.shard,
+                    shard_seq: rec.shard_seq,
+                    lsn: rec.lsn,
+                    kind: rec.kind,
+                    start: arena.len(),
+                    len: rec.payload.len(),
+                });
+                arena.extend_from_slice(rec.payload);
+                Ok(())
+            })
+            .map_err(|e| EngineError::Recovery(e.to_string()))?;
         let shard_count = engine.shards.len() + 1;
         let mut last_seq = vec![0u64; shard_count];
         let snapshot_lsn = match &recovered.snapshot {
@@ -114,6 +118,16 @@ impl Engine {
             }
             if rec.shard_seq <= cut[s] {
                 continue;
+            }
+            if recovered.accepted_loss.is_some() && rec.shard_seq > last_seq[s] + 1 {
+                // The operator accepted that records before this one are gone.
+                tracing::error!(
+                    shard = s,
+                    from = last_seq[s] + 1,
+                    to = rec.shard_seq - 1,
+                    "shard records missing (accepted)"
+                );
+                last_seq[s] = rec.shard_seq - 1;
             }
             if rec.shard_seq != last_seq[s] + 1 {
                 return Err(fail(format!(
@@ -153,6 +167,10 @@ impl Engine {
         let engine = Arc::new(engine);
         let (expired_at_start, ticket) = engine.expire_due()?;
         engine.wait(&crate::engine::Committed { value: (), ticket })?;
+        if recovered.accepted_loss.is_some() {
+            // A snapshot now covers the gap, so the next start needs no override.
+            engine.snapshot()?;
+        }
         let report = RecoveryReport {
             snapshot_lsn,
             records_replayed: replayed,
@@ -160,6 +178,7 @@ impl Engine {
             expired_at_start,
             schedule_from_log,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            accepted_loss: recovered.accepted_loss,
         };
         tracing::info!(
             replayed,

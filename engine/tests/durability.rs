@@ -12,7 +12,7 @@ use miqat_engine::clock::ManualClock;
 use miqat_engine::model::{ReservationId, Status};
 use miqat_engine::persist::RecoveryReport;
 use miqat_engine::season::Wave;
-use miqat_engine::wal::{FaultMode, FaultyStorage, MemStorage, Storage};
+use miqat_engine::wal::{FaultMode, FaultyStorage, MemStorage, MissingRecords, Storage};
 use miqat_engine::{Engine, EngineConfig, EngineError};
 
 fn open(
@@ -68,6 +68,70 @@ fn acknowledged_reservations_survive_a_crash_with_and_without_snapshot() {
         reserve(&engine, 1002, "a1"),
         Err(EngineError::CaravanFull { .. })
     ));
+    engine.check_invariants().unwrap();
+}
+
+fn open_with(
+    storage: &MemStorage,
+    clock: &ManualClock,
+    missing_records: MissingRecords,
+) -> Result<(Arc<Engine>, RecoveryReport), EngineError> {
+    let storage: Arc<dyn Storage> = Arc::new(storage.clone());
+    let config = EngineConfig {
+        missing_records,
+        ..EngineConfig::default()
+    };
+    Engine::open(
+        catalog(3),
+        season(),
+        Arc::new(clock.clone()),
+        storage,
+        config,
+    )
+}
+
+#[test]
+fn a_deleted_snapshot_refuses_to_start_instead_of_starting_empty() {
+    // Reserve, stop cleanly, start and stop cleanly again, lose the snapshot file: the oldest
+    // segment now starts after records that only the snapshot held.
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    let ids = [1000, 1001].map(|nid| reserve(&engine, nid, "a1").unwrap());
+    engine.shutdown().unwrap();
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert!(report.snapshot_lsn.is_some());
+    engine.shutdown().unwrap();
+    let snapshots: Vec<String> = storage
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("snapshot-"))
+        .collect();
+    assert_eq!(snapshots.len(), 1, "{:?}", storage.names());
+    storage.remove(&snapshots[0]).unwrap();
+
+    let Err(err) = open(&storage, &clock) else {
+        panic!("started without the snapshot's records");
+    };
+    let message = err.to_string();
+    assert!(message.contains("are missing"), "{message}");
+    assert!(message.contains("--accept-missing-records"), "{message}");
+    assert!(
+        storage.names().iter().any(|n| n.starts_with("wal-")),
+        "a refusal removes nothing"
+    );
+
+    // The explicit override starts without them, says so, and snapshots at once so that the
+    // next start needs no override.
+    let (engine, report) = open_with(&storage, &clock, MissingRecords::Accept).unwrap();
+    assert!(report.accepted_loss.is_some());
+    for id in ids {
+        assert!(engine.reservation(id).is_none());
+    }
+    engine.shutdown().unwrap();
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert!(report.accepted_loss.is_none());
+    reserve(&engine, 1000, "a1").unwrap();
     engine.check_invariants().unwrap();
 }
 

@@ -8,8 +8,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 
 use miqat_engine::wal::{
-    DirStorage, Durability, FRAME_HEADER_BYTES, FaultMode, FaultyStorage, MemStorage, Recovered,
-    SEGMENT_HEADER_BYTES, Storage, Ticket, Wal, WalConfig, WalError, recover,
+    DirStorage, Durability, FRAME_HEADER_BYTES, FaultMode, FaultyStorage, MemStorage,
+    MissingRecords, Recovered, SEGMENT_HEADER_BYTES, Storage, Ticket, Wal, WalConfig, WalError,
+    recover, recover_with,
 };
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -220,6 +221,136 @@ fn zeros_after_the_last_record_are_a_torn_tail() {
     assert_eq!(records.len(), 1);
     let torn = recovered.torn_tail.unwrap();
     assert_eq!((torn.offset, torn.bytes), (end as u64, 4096));
+}
+
+/// A log of six records, one batch each, whose last record has `last_len` payload bytes
+/// (never zero bytes); returns the storage, the segment's bytes and where the last frame starts.
+fn six_records(last_len: usize) -> (MemStorage, Vec<u8>, usize) {
+    let storage = MemStorage::new();
+    let wal = open_mem(&storage, config(), 1, vec![0; 2]);
+    for i in 0..6u64 {
+        let len = if i == 5 { last_len } else { 24 };
+        let payload: Vec<u8> = (0..len).map(|j| 1 + (j % 250) as u8).collect();
+        wal.append((i % 2) as u16, 1, &payload).unwrap();
+        wal.sync_now().unwrap();
+    }
+    wal.shutdown().unwrap();
+    let full = storage.contents(SEGMENT).unwrap();
+    let last_start = full.len() - FRAME_HEADER_BYTES - last_len;
+    (storage, full, last_start)
+}
+
+const SEGMENT: &str = "wal-00000000000000000001.seg";
+
+#[test]
+fn flipped_bit_in_the_last_record_is_corruption_not_a_torn_tail() {
+    let (storage, full, last_start) = six_records(40);
+    for byte in last_start..full.len() {
+        for bit in [0u8, 4, 7] {
+            let copy = storage.fork();
+            let mut bytes = full.clone();
+            bytes[byte] ^= 1 << bit;
+            copy.write_whole(SEGMENT, &bytes).unwrap();
+            let err = collect(&copy, TAG).unwrap_err();
+            let WalError::Corrupt { offset, .. } = &err else {
+                panic!("byte {byte} bit {bit}: unexpected {err}");
+            };
+            assert_eq!(*offset, last_start as u64, "byte {byte} bit {bit}");
+            assert!(err.to_string().contains("damaged, not torn"), "{err}");
+            assert_eq!(copy.contents(SEGMENT).unwrap(), bytes, "nothing is cut");
+        }
+    }
+    // The operator's override drops the damaged record, keeps its bytes aside, and says so.
+    let mut bytes = full.clone();
+    bytes[last_start + FRAME_HEADER_BYTES + 3] ^= 0x20;
+    storage.write_whole(SEGMENT, &bytes).unwrap();
+    let mut replayed = 0;
+    let recovered = recover_with(&storage, TAG, MissingRecords::Accept, &mut |_| {
+        replayed += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(replayed, 5);
+    assert!(recovered.accepted_loss.unwrap().contains("damaged"));
+    let torn = recovered.torn_tail.unwrap();
+    assert_eq!(
+        storage.contents(&torn.saved_as).unwrap(),
+        bytes[last_start..]
+    );
+}
+
+#[test]
+fn a_last_record_with_an_unwritten_sector_is_a_torn_tail() {
+    // A last record over several sectors whose later sector never reached the disk (the file
+    // length was extended, the data was not): reads back as zeros, so it is a torn write.
+    let (storage, full, last_start) = six_records(1500);
+    let sector = 512;
+    let unwritten_from = (last_start / sector + 1) * sector;
+    for unwritten_to in [unwritten_from + sector, full.len()] {
+        let copy = storage.fork();
+        let mut bytes = full.clone();
+        bytes[unwritten_from..unwritten_to].fill(0);
+        copy.write_whole(SEGMENT, &bytes).unwrap();
+        let (recovered, records) = collect(&copy, TAG).unwrap();
+        assert_eq!(records.len(), 5);
+        assert_eq!(recovered.torn_tail.unwrap().offset, last_start as u64);
+        assert!(recovered.accepted_loss.is_none());
+    }
+}
+
+#[test]
+fn a_lost_snapshot_is_refused_as_missing_records_even_without_later_records() {
+    let storage = MemStorage::new();
+    let wal = open_mem(&storage, config(), 1, vec![0; 2]);
+    for i in 1..=20u64 {
+        wal.append((i % 2) as u16, 0, &payload_for(0, i, 20))
+            .unwrap();
+    }
+    let durable = wal.sync_now().unwrap();
+    wal.write_snapshot(durable, b"state@20").unwrap();
+    wal.shutdown().unwrap();
+    // A clean stop and start leaves a segment that starts after the snapshot's floor.
+    let (recovered, _) = collect(&storage, TAG).unwrap();
+    let wal = open_mem(
+        &storage,
+        config(),
+        recovered.next_lsn,
+        seqs_after(&recovered, 2),
+    );
+    wal.write_snapshot(20, b"state@20").unwrap();
+    wal.shutdown().unwrap();
+    let snapshot = "snapshot-00000000000000000020.snap";
+    assert!(
+        storage.contents(snapshot).is_some(),
+        "{:?}",
+        storage.names()
+    );
+    let before = storage.names();
+    storage.remove(snapshot).unwrap();
+
+    let err = collect(&storage, TAG).unwrap_err();
+    let WalError::RecordsMissing { first, last, .. } = &err else {
+        panic!("unexpected {err}");
+    };
+    assert_eq!((*first, *last), (1, 20));
+    let message = err.to_string();
+    for evidence in [
+        "records 1 to 20",
+        "no snapshot",
+        "wal-",
+        "--accept-missing-records",
+    ] {
+        assert!(message.contains(evidence), "{evidence:?} in {message}");
+    }
+    let mut after = storage.names();
+    after.push(snapshot.to_owned());
+    after.sort();
+    assert_eq!(after, before, "a refusal changes nothing on disk");
+
+    // The override starts without them and never reuses their sequence numbers.
+    let recovered = recover_with(&storage, TAG, MissingRecords::Accept, &mut |_| Ok(())).unwrap();
+    assert_eq!(recovered.next_lsn, 21);
+    assert!(recovered.accepted_loss.unwrap().contains("records 1 to 20"));
 }
 
 #[test]

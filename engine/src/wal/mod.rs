@@ -15,7 +15,7 @@ mod writer;
 pub use frame::{
     FRAME_HEADER_BYTES, PAYLOAD_BYTES_MAX, SEGMENT_HEADER_BYTES, SNAPSHOT_HEADER_BYTES,
 };
-pub use recovery::{RecordRef, Recovered, TornTail, recover};
+pub use recovery::{MissingRecords, RecordRef, Recovered, TornTail, recover, recover_with};
 pub use storage::{DirStorage, FaultMode, FaultyStorage, MemStorage, Storage, StorageFile};
 pub use writer::{DurableFuture, Wal};
 
@@ -119,6 +119,27 @@ pub enum WalError {
         /// What is wrong.
         reason: String,
     },
+    /// Records that were durable once are gone: the oldest segment starts after the records
+    /// the snapshot (if any) covers.
+    #[error(
+        "records {first} to {last} of the write-ahead log are missing: the oldest segment {segment} \
+         starts at lsn {}, but {} covers only the records before lsn {first}; they were durable \
+         once. Restore the snapshot that covered them (a snapshot-*.snap file from a backup) into \
+         the data directory, or start with --accept-missing-records to go on without them (the \
+         loss is logged)",
+        last + 1,
+        snapshot.as_deref().map_or_else(|| "no snapshot".to_owned(), |s| format!("the latest snapshot {s}"))
+    )]
+    RecordsMissing {
+        /// The first missing LSN.
+        first: u64,
+        /// The last missing LSN.
+        last: u64,
+        /// The oldest segment, which starts at `last + 1`.
+        segment: String,
+        /// The snapshot recovery found, if any.
+        snapshot: Option<String>,
+    },
     /// A snapshot file fails its checks.
     #[error("corrupt snapshot {file}: {reason}")]
     SnapshotCorrupt {
@@ -207,6 +228,17 @@ impl Clone for WalError {
                 segment: segment.clone(),
                 offset: *offset,
                 reason: reason.clone(),
+            },
+            Self::RecordsMissing {
+                first,
+                last,
+                segment,
+                snapshot,
+            } => Self::RecordsMissing {
+                first: *first,
+                last: *last,
+                segment: segment.clone(),
+                snapshot: snapshot.clone(),
             },
             Self::SnapshotCorrupt { file, reason } => Self::SnapshotCorrupt {
                 file: file.clone(),

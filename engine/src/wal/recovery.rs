@@ -40,6 +40,19 @@ pub struct TornTail {
     pub saved_as: String,
 }
 
+/// What recovery does when it can prove that acknowledged records are gone: the oldest
+/// segment starts after the records the snapshot covers (a lost or older snapshot), or the
+/// last record was fully written yet fails its checksum (damage, not a torn write).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MissingRecords {
+    /// Refuse to start with [`WalError::RecordsMissing`] or [`WalError::Corrupt`] (default).
+    #[default]
+    Refuse,
+    /// An operator's explicit override: start without those records, log the loss at error
+    /// level and report it in [`Recovered::accepted_loss`].
+    Accept,
+}
+
 /// What [`recover`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recovered {
@@ -53,6 +66,9 @@ pub struct Recovered {
     pub records_replayed: u64,
     /// For each shard with replayed records, the last `shard_seq` replayed.
     pub last_shard_seqs: BTreeMap<u16, u64>,
+    /// What was lost and accepted under [`MissingRecords::Accept`]; `None` if nothing was.
+    /// The caller should take a snapshot at once so that the next start needs no override.
+    pub accepted_loss: Option<String>,
 }
 
 /// Reads the latest valid snapshot and calls `on_record` for every record with an LSN above its
@@ -71,6 +87,19 @@ pub struct Recovered {
 pub fn recover(
     storage: &dyn Storage,
     log_tag: u64,
+    on_record: &mut dyn FnMut(RecordRef<'_>) -> Result<(), String>,
+) -> Result<Recovered, WalError> {
+    recover_with(storage, log_tag, MissingRecords::Refuse, on_record)
+}
+
+/// [`recover`] with an explicit policy for records that are provably missing; see
+/// [`MissingRecords`]. With [`MissingRecords::Refuse`] it is exactly [`recover`], which also
+/// returns [`WalError::RecordsMissing`] when the oldest segment starts after the records the
+/// snapshot covers, whether or not the segments hold records.
+pub fn recover_with(
+    storage: &dyn Storage,
+    log_tag: u64,
+    missing: MissingRecords,
     on_record: &mut dyn FnMut(RecordRef<'_>) -> Result<(), String>,
 ) -> Result<Recovered, WalError> {
     let names = storage
@@ -92,8 +121,12 @@ pub fn recover(
             segments.push((first_lsn, name));
         }
     }
-    let snapshot = match snapshot_floors.iter().max() {
-        Some(&floor) => Some(read_snapshot_file(storage, &snapshot_name(floor), log_tag)?),
+    let latest_snapshot = snapshot_floors
+        .iter()
+        .max()
+        .map(|&floor| snapshot_name(floor));
+    let snapshot = match &latest_snapshot {
+        Some(name) => Some(read_snapshot_file(storage, name, log_tag)?),
         None => None,
     };
     let lsn_floor = snapshot.as_ref().map_or(0, |(floor, _)| *floor);
@@ -115,6 +148,9 @@ pub fn recover(
         records_replayed: 0,
         torn_tail: None,
         dir_changed,
+        missing,
+        latest_snapshot,
+        accepted_loss: None,
     };
     replay.run(&segments[start..])?;
     if replay.dir_changed {
@@ -139,6 +175,7 @@ pub fn recover(
         torn_tail: replay.torn_tail,
         records_replayed: replay.records_replayed,
         last_shard_seqs: replay.last_shard_seqs,
+        accepted_loss: replay.accepted_loss,
     })
 }
 
@@ -156,6 +193,53 @@ fn find_valid_frame(bytes: &[u8], from: usize, lsn_min: u64) -> Option<usize> {
             && get_u64(bytes, at + 8).is_some_and(|lsn| lsn >= lsn_min);
         plausible && decode_frame(bytes, at).is_ok()
     })
+}
+
+/// Bytes of the aligned units in which a disk writes atomically; a torn write leaves whole
+/// units unwritten (read back as zeros) or cuts the file short.
+const SECTOR_BYTES: usize = 512;
+
+/// Tells a damaged last frame from a torn write, for the invalid frame at `at` that no valid
+/// frame follows. Returns a description of the damage if and only if the frame was written
+/// whole: its declared length fits in the file and no sector of it reads as unwritten (all
+/// zeros), yet it fails its checks; or its length field alone is wrong (a frame with the
+/// length of the remaining bytes checks out). Anything else is taken for a torn write.
+fn damaged_last_frame(bytes: &[u8], at: usize) -> Option<String> {
+    let rest = bytes.get(at..)?;
+    if rest.iter().all(|&b| b == 0) {
+        return None;
+    }
+    let declared = get_u32(bytes, at).map_or(usize::MAX, |len| len as usize);
+    let end = at
+        .checked_add(FRAME_HEADER_BYTES)
+        .and_then(|n| n.checked_add(declared))
+        .filter(|&end| declared <= PAYLOAD_BYTES_MAX && end <= bytes.len());
+    match end {
+        Some(end) => {
+            let first_sector = at / SECTOR_BYTES;
+            let unwritten = (first_sector..end.div_ceil(SECTOR_BYTES)).any(|sector| {
+                let from = (sector * SECTOR_BYTES).max(at);
+                let to = ((sector + 1) * SECTOR_BYTES).min(end);
+                bytes[from..to].iter().all(|&b| b == 0)
+            });
+            (!unwritten).then(|| {
+                format!(
+                    "its {declared}-byte length fits in the file and every sector of it was written"
+                )
+            })
+        }
+        None => {
+            let whole = rest.len().checked_sub(FRAME_HEADER_BYTES)?;
+            let mut repaired = rest.to_vec();
+            repaired[..4].copy_from_slice(&u32::try_from(whole).ok()?.to_le_bytes());
+            decode_frame(&repaired, 0).is_ok().then(|| {
+                format!(
+                    "its length field says {declared} bytes, but the {whole} bytes present form a \
+                     record whose checksum matches"
+                )
+            })
+        }
+    }
 }
 
 /// Returns true if and only if `bytes` (a whole segment file) contains a valid frame anywhere
@@ -176,6 +260,10 @@ struct Replay<'s, 'f> {
     records_replayed: u64,
     torn_tail: Option<TornTail>,
     dir_changed: bool,
+    missing: MissingRecords,
+    /// The file name of the snapshot recovery started from, for messages.
+    latest_snapshot: Option<String>,
+    accepted_loss: Option<String>,
 }
 
 impl Replay<'_, '_> {
@@ -236,6 +324,17 @@ impl Replay<'_, '_> {
                 // The first segment read must not start past the first record we need.
                 None => header.first_lsn <= expected,
             };
+            if self.next_lsn.is_none() && header.first_lsn > expected {
+                // The oldest segment read starts after the records the snapshot covers: those
+                // records were durable once (a segment is only created at the next LSN), so
+                // this is a lost or older snapshot, never an interrupted write.
+                self.records_missing(name, header.first_lsn, expected)?;
+                self.next_lsn = Some(header.first_lsn);
+                if self.scan_segment(name, &bytes, later)? {
+                    return self.discard_trailing(later, None);
+                }
+                continue;
+            }
             if !fits {
                 if holds_records(&bytes) || self.later_hold_records(later)? {
                     return Err(corrupt(
@@ -289,6 +388,9 @@ impl Replay<'_, '_> {
                             ),
                         });
                     }
+                    if let Some(damage) = damaged_last_frame(bytes, offset) {
+                        self.damaged_last_record(name, offset, &reason, &damage)?;
+                    }
                     self.cut_torn_tail(name, bytes, offset)?;
                     return Ok(true);
                 }
@@ -335,6 +437,62 @@ impl Replay<'_, '_> {
             offset += frame.frame_bytes;
         }
         Ok(false)
+    }
+
+    /// Records `first_lsn - 1` and below back to `expected` are gone: refuses, or under the
+    /// operator's override logs the loss and goes on.
+    fn records_missing(
+        &mut self,
+        name: &str,
+        first_lsn: u64,
+        expected: u64,
+    ) -> Result<(), WalError> {
+        let error = WalError::RecordsMissing {
+            first: expected,
+            last: first_lsn - 1,
+            segment: name.to_owned(),
+            snapshot: self.latest_snapshot.clone(),
+        };
+        self.accept_or_refuse(error)
+    }
+
+    /// The last frame of the log was written whole but fails its checks: refuses, or under the
+    /// operator's override logs the loss (the bytes are then cut off and saved like a torn tail).
+    fn damaged_last_record(
+        &mut self,
+        name: &str,
+        offset: usize,
+        reason: &str,
+        damage: &str,
+    ) -> Result<(), WalError> {
+        let error = WalError::Corrupt {
+            segment: name.to_owned(),
+            offset: offset as u64,
+            reason: format!(
+                "{reason}; the last record is damaged, not torn ({damage}); an acknowledged \
+                 record would be lost: restore the data directory from a backup, or start with \
+                 --accept-missing-records to drop it (the bytes are kept aside)"
+            ),
+        };
+        self.accept_or_refuse(error)
+    }
+
+    fn accept_or_refuse(&mut self, error: WalError) -> Result<(), WalError> {
+        match self.missing {
+            MissingRecords::Refuse => Err(error),
+            MissingRecords::Accept => {
+                tracing::error!(
+                    loss = %error,
+                    "STARTING WITHOUT RECORDS THAT WERE ONCE DURABLE (--accept-missing-records)"
+                );
+                let note = error.to_string();
+                self.accepted_loss = Some(match self.accepted_loss.take() {
+                    Some(earlier) => format!("{earlier}; {note}"),
+                    None => note,
+                });
+                Ok(())
+            }
+        }
     }
 
     /// Saves `bytes[offset..]` aside and truncates the segment at `offset`.

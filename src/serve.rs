@@ -49,6 +49,22 @@ pub struct ServeArgs {
     /// Burst per client address.
     #[arg(long, env = "MIQAT_CLIENT_BURST", default_value_t = 100)]
     pub client_burst: u32,
+    /// Seconds within which a request's headers and body together must arrive, counted from
+    /// its first byte (slow headers: connection closed; slow body: 408).
+    #[arg(long, env = "MIQAT_REQUEST_READ_TIMEOUT_SECS", default_value_t = 5.0, value_parser = positive_seconds)]
+    pub request_read_timeout_secs: f64,
+    /// Seconds a connection may stay open with no request in flight and nothing received
+    /// (keep-alive between requests, or a connection that never sends a byte).
+    #[arg(long, env = "MIQAT_IDLE_TIMEOUT_SECS", default_value_t = 20.0, value_parser = positive_seconds)]
+    pub idle_timeout_secs: f64,
+    /// Open connections per client address at most; new ones past it are closed at once.
+    /// 0 disables (behind a proxy every connection shares its address).
+    #[arg(long, env = "MIQAT_CONNECTIONS_PER_CLIENT_MAX", default_value_t = 2048)]
+    pub connections_per_client_max: u32,
+    /// Open connections at most, from all clients (about 20 KiB of memory each); new ones
+    /// past it are closed at once. Keep it below the open-files limit.
+    #[arg(long, env = "MIQAT_CONNECTIONS_MAX", default_value_t = 16_384)]
+    pub connections_max: usize,
     /// The operator's bearer token for `/v1/admin/*` and reservation events. Prefer the
     /// environment variable: a command-line value is visible to other local users. Without
     /// it, the operator endpoints answer 401.
@@ -120,9 +136,7 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         ..ApiConfig::default()
     };
     let state = AppState::new(Arc::clone(&catalog), config, Some(metrics));
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(listen = %args.listen, "listening; recovering");
     eprintln!("miqat: listening on http://{}", listener.local_addr()?);
 
@@ -153,12 +167,14 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         })
     };
     let router = app(state.clone());
-    let server = tokio::spawn(serve(
-        listener,
-        router,
-        ServeOptions::default(),
-        shutdown_signal(),
-    ));
+    let options = ServeOptions {
+        request_read_timeout: Duration::from_secs_f64(args.request_read_timeout_secs),
+        idle_timeout: Duration::from_secs_f64(args.idle_timeout_secs),
+        connections_per_client_max: args.connections_per_client_max,
+        connections_max: args.connections_max,
+        ..ServeOptions::default()
+    };
+    let server = tokio::spawn(serve(listener, router, options, shutdown_signal()));
     let (engine, report) = recovering.await.context("recovery task")??;
     let expiry = engine.spawn_expiry_thread(Duration::from_millis(100))?;
     tracing::info!(
@@ -185,6 +201,31 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
     shutdown.await.context("shutdown task")??;
     eprintln!("miqat: stopped cleanly");
     Ok(())
+}
+
+/// Connections the kernel may hold completed but not yet accepted. At the opening thousands
+/// connect within a second; a short queue drops their handshakes and they retry seconds later.
+const LISTEN_BACKLOG: u32 = 4_096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Parses a number of seconds that is finite, above zero and at most a day.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => Ok(secs),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds above 0 and at most 86400"
+        )),
+    }
 }
 
 async fn shutdown_signal() {

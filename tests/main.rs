@@ -202,5 +202,6 @@ fn loadtest_records_a_plan_deterministically_and_refuses_bad_input_clearly() {
     }
 }
 
+mod hardening;
 mod server;
 mod support;

@@ -64,6 +64,8 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 413: the body is larger than the limit.
     BodyTooLarge(usize),
+    /// 408: the request (headers and body) was not received within this many seconds.
+    RequestTimeout(u64),
     /// 429 with `Retry-After` seconds.
     RateLimited(u64),
     /// 503 with `Retry-After` seconds: admission control shed the request.
@@ -141,6 +143,15 @@ impl ApiError {
                     &format!("request bodies are limited to {limit} bytes"),
                 );
                 StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::RequestTimeout(seconds) => {
+                set(
+                    &mut p,
+                    "Request timeout",
+                    "request_timeout",
+                    &format!("the request was not received within {seconds} s"),
+                );
+                StatusCode::REQUEST_TIMEOUT
             }
             ApiError::RateLimited(seconds) => {
                 set(

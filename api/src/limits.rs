@@ -1,10 +1,11 @@
 //! Admission control and abuse limits: a bound on requests in flight (past it, an immediate
-//! `503 overloaded`), and GCRA rate limits keyed by national ID and by client address in
-//! fixed-size tables, so memory stays the same under a million distinct keys.
+//! `503 overloaded`), GCRA rate limits keyed by national ID and by client address, and a cap on
+//! open connections per client address, all in fixed-size tables, so memory stays the same
+//! under a million distinct keys.
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -113,6 +114,63 @@ impl KeyedLimiter {
     }
 }
 
+/// Open connections per client address, counted in a fixed table of cells. Addresses hash to
+/// cells; two addresses that share a cell share a cap (stricter, never looser), the price of a
+/// memory bound that does not grow with the number of addresses.
+#[derive(Debug)]
+pub struct ConnectionCap {
+    cells: Box<[AtomicU32]>,
+    mask: usize,
+    per_client_max: u32,
+}
+
+/// One open connection counted against its client's cap; dropping it gives the place back.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    cap: Arc<ConnectionCap>,
+    cell: usize,
+}
+
+impl ConnectionCap {
+    /// A cap of `per_client_max` connections per address (0: no cap) over `2^cells_log2`
+    /// cells (at most 2^24).
+    pub fn new(per_client_max: u32, cells_log2: u32) -> ConnectionCap {
+        let size = 1usize << cells_log2.min(24);
+        ConnectionCap {
+            cells: (0..size).map(|_| AtomicU32::new(0)).collect(),
+            mask: size - 1,
+            per_client_max,
+        }
+    }
+
+    /// A permit if and only if `client` has fewer than the cap open (always, without a cap).
+    pub fn try_open<K: Hash>(self: &Arc<Self>, client: &K) -> Option<ConnectionPermit> {
+        let cell = (rustc_hash::FxBuildHasher.hash_one(client) as usize) & self.mask;
+        let counter = &self.cells[cell];
+        let before = counter.fetch_add(1, Ordering::AcqRel);
+        if self.per_client_max != 0 && before >= self.per_client_max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionPermit {
+            cap: Arc::clone(self),
+            cell,
+        })
+    }
+
+    /// Connections open now for `client` (and any address sharing its cell).
+    pub fn open_for<K: Hash>(&self, client: &K) -> u32 {
+        let cell = (rustc_hash::FxBuildHasher.hash_one(client) as usize) & self.mask;
+        self.cells[cell].load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.cap.cells[self.cell].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Seconds for a `Retry-After` header: at least one, rounded up.
 pub fn retry_after_seconds(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))
@@ -138,6 +196,26 @@ mod tests {
         let wait = limiter.check(&"holder").unwrap_err();
         assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
         assert!(limiter.check(&"someone else").is_ok());
+    }
+
+    #[test]
+    fn connection_cap_counts_per_client_and_gives_places_back() {
+        let cap = Arc::new(ConnectionCap::new(2, 16));
+        let a: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let b: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+        let first = cap.try_open(&a).unwrap();
+        let _second = cap.try_open(&a).unwrap();
+        assert!(cap.try_open(&a).is_none(), "a third connection is refused");
+        assert_eq!(cap.open_for(&a), 2, "a refusal leaves the count as it was");
+        assert!(cap.try_open(&b).is_some(), "another client has its own cap");
+        drop(first);
+        assert!(
+            cap.try_open(&a).is_some(),
+            "a closed connection frees its place"
+        );
+        let uncapped = Arc::new(ConnectionCap::new(0, 4));
+        let permits: Vec<_> = (0..1000).filter_map(|_| uncapped.try_open(&a)).collect();
+        assert_eq!(permits.len(), 1000);
     }
 
     #[test]

@@ -1,27 +1,59 @@
-//! Serving the router on a socket: header and body read timeouts against slow clients, the
-//! client address for rate limits, and graceful shutdown (stop accepting, finish in-flight
-//! requests).
+//! Serving the router on a socket, hardened against slow and idle clients: a total deadline
+//! for reading each request (headers and body together), bodies read in full before a request
+//! reaches admission control, an idle timeout for every connection (including ones that never
+//! send a byte), a cap on connections per client address, connection metrics, the client
+//! address for rate limits, and graceful shutdown (stop accepting, finish in-flight requests).
+//!
+//! Why bodies are read here: admission control bounds the requests the engine works on. If a
+//! request took its place before its body arrived, a client sending one byte every few seconds
+//! would hold that place for as long as it liked, and a few thousand such clients would shut
+//! everyone else out. Reading the body first, under a deadline that does not restart with each
+//! byte, means a slow client only ever holds its own connection, for a bounded time.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tower::ServiceExt;
 
-/// Timeouts of the server.
+use crate::BODY_BYTES_MAX;
+use crate::error::ApiError;
+use crate::limits::ConnectionCap;
+
+/// Limits and timeouts of the server; [`ServeOptions::default`] suits production.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeOptions {
-    /// A client must send its request headers within this time.
-    pub header_read_timeout: Duration,
-    /// A client must send its body within this time.
-    pub body_read_timeout: Duration,
+    /// A request's headers and body together must arrive within this time, counted from its
+    /// first byte. Headers too slow: the connection is closed; a body too slow: `408`.
+    pub request_read_timeout: Duration,
+    /// A connection with no request in flight and nothing received for this long is closed,
+    /// whether it is a keep-alive connection between requests or one that never sent a byte.
+    pub idle_timeout: Duration,
+    /// Open connections per client address at most; past it, new ones are closed at once.
+    /// 0 disables the cap (behind a proxy every connection shares its address).
+    pub connections_per_client_max: u32,
+    /// Open connections at most, from all clients; past it, new ones are closed at once. Each
+    /// open connection costs about 20 KiB of memory (hyper's buffers, the task), so this bounds
+    /// what a connection flood can take.
+    pub connections_max: usize,
     /// In-flight requests get this long to finish after shutdown begins.
     pub drain_timeout: Duration,
 }
@@ -29,12 +61,17 @@ pub struct ServeOptions {
 impl Default for ServeOptions {
     fn default() -> ServeOptions {
         ServeOptions {
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(10),
+            request_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(20),
+            connections_per_client_max: 2_048,
+            connections_max: 16_384,
             drain_timeout: Duration::from_secs(30),
         }
     }
 }
+
+/// After a graceful close begins on an idle connection, it gets this long before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and waits (up
 /// to the drain timeout) for open connections to finish their requests.
@@ -44,16 +81,23 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-        options.body_read_timeout,
-    ));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
+        // hyper starts this timer whenever it waits for a request head, so it is also the
+        // keep-alive limit between requests; the watchdog enforces the tighter total deadline.
+        .header_read_timeout(options.idle_timeout.max(options.request_read_timeout))
         .keep_alive(true);
-    let graceful = GracefulShutdown::new();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(options.idle_timeout))
+        .keep_alive_timeout(options.idle_timeout);
+    let builder = Arc::new(builder);
+    let cap = Arc::new(ConnectionCap::new(options.connections_per_client_max, 16));
+    let open_connections = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -68,30 +112,377 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let Some(open) = OpenConnection::try_new(&open_connections, options.connections_max) else {
+            closed("connections_max");
+            drop(stream);
+            continue;
+        };
+        let Some(permit) = cap.try_open(&addr.ip()) else {
+            closed("per_client_cap");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let service = app
-            .clone()
-            .map_request(move |mut req: axum::extract::Request<_>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(addr));
-                req
-            });
-        let connection = builder.serve_connection_with_upgrades(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service),
-        );
-        let connection = graceful.watch(connection.into_owned());
+        let builder = Arc::clone(&builder);
+        let app = app.clone();
+        let stop = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            let reason = run_connection(&builder, stream, addr, app, options, stop).await;
+            closed(reason);
+            drop((permit, open));
         });
     }
     drop(listener);
+    drop(stop_rx);
+    let _ = stop_tx.send(true);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = stop_tx.closed() => {}
         () = tokio::time::sleep(options.drain_timeout) => {
             tracing::warn!("connections still open after the drain timeout");
         }
     }
     Ok(())
+}
+
+/// One connection counted against [`ServeOptions::connections_max`] and in the
+/// `miqat_connections_open` gauge while it lives.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn try_new(open: &Arc<AtomicUsize>, max: usize) -> Option<OpenConnection> {
+        if open.fetch_add(1, Ordering::AcqRel) >= max {
+            open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        metrics::gauge!("miqat_connections_open").increment(1.0);
+        Some(OpenConnection(Arc::clone(open)))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("miqat_connections_open").decrement(1.0);
+    }
+}
+
+fn closed(reason: &'static str) {
+    metrics::counter!("miqat_connections_closed_total", "reason" => reason).increment(1);
+}
+
+/// Drives one connection to its end; returns why it ended (a metrics label).
+async fn run_connection(
+    builder: &Builder<TokioExecutor>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    app: Router,
+    options: ServeOptions,
+    mut stop: watch::Receiver<bool>,
+) -> &'static str {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(TrackedIo {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    });
+    let service = {
+        let activity = Arc::clone(&activity);
+        tower::service_fn(move |req: hyper::Request<Incoming>| {
+            handle(
+                app.clone(),
+                Arc::clone(&activity),
+                addr,
+                options.request_read_timeout,
+                req,
+            )
+        })
+    };
+    let connection = builder
+        .serve_connection_with_upgrades(io, hyper_util::service::TowerToHyperService::new(service));
+    tokio::pin!(connection);
+    loop {
+        let deadline = activity.next_deadline(&options);
+        tokio::select! {
+            result = connection.as_mut() => {
+                return match result {
+                    Ok(()) => "finished",
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                        "error"
+                    }
+                };
+            }
+            () = sleep_until_or_forever(deadline) => match activity.overdue(&options) {
+                Some(Overdue::Headers) => return "header_timeout",
+                Some(Overdue::Idle) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await;
+                    return "idle_timeout";
+                }
+                None => {}
+            },
+            () = activity.changed.notified() => {}
+            _ = stop.changed() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.as_mut().await;
+                return "shutdown";
+            }
+        }
+    }
+}
+
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the request's body in full (bounded in size and by the request's deadline), then
+/// hands the request to the router. Bodies that are declared too large are refused at once.
+async fn handle(
+    app: Router,
+    activity: Arc<Activity>,
+    addr: SocketAddr,
+    read_timeout: Duration,
+    req: hyper::Request<Incoming>,
+) -> Result<Response, Infallible> {
+    let started = activity.begin_request();
+    let _in_flight = RequestGuard(Arc::clone(&activity));
+    let deadline = started + read_timeout;
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(ConnectInfo::<SocketAddr>(addr));
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > BODY_BYTES_MAX as u64) {
+        return Ok(refuse_unread(
+            "body_too_large",
+            ApiError::BodyTooLarge(BODY_BYTES_MAX),
+        ));
+    }
+    let body = if body.is_end_stream() {
+        Body::empty()
+    } else {
+        let collected =
+            tokio::time::timeout_at(deadline, Limited::new(body, BODY_BYTES_MAX).collect()).await;
+        match collected {
+            Ok(Ok(collected)) => Body::from(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Ok(refuse_unread(
+                    "body_too_large",
+                    ApiError::BodyTooLarge(BODY_BYTES_MAX),
+                ));
+            }
+            Ok(Err(e)) => {
+                return Ok(refuse_unread(
+                    "body_error",
+                    ApiError::Malformed(format!("the request body could not be read: {e}")),
+                ));
+            }
+            Err(_elapsed) => {
+                return Ok(refuse_unread(
+                    "body_timeout",
+                    ApiError::RequestTimeout(read_timeout.as_secs().max(1)),
+                ));
+            }
+        }
+    };
+    let request = Request::from_parts(parts, body);
+    app.oneshot(request).await
+}
+
+/// An answer given before the body was read in full: the connection cannot carry another
+/// request, so it is closed after this answer.
+fn refuse_unread(reason: &'static str, error: ApiError) -> Response {
+    metrics::counter!("miqat_requests_refused_unread_total", "reason" => reason).increment(1);
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// What a connection is doing, shared between its reads, its requests and its watchdog.
+struct Activity {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last byte received or the last request finished.
+    last_active_ms: AtomicU64,
+    /// Milliseconds since `epoch` of the first byte of a request not yet handed to a handler,
+    /// or [`NO_REQUEST`].
+    request_started_ms: AtomicU64,
+    /// Requests handed to handlers and not yet answered.
+    in_flight: AtomicU32,
+    /// Woken when a deadline may have moved (a request began or ended).
+    changed: Notify,
+    /// Whether the client spoke HTTP/2 (its connection preface), decided on the first read.
+    http2: AtomicBool,
+    /// Whether any byte has arrived yet.
+    spoke: AtomicBool,
+}
+
+/// The start of the HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+const NO_REQUEST: u64 = u64::MAX;
+
+/// Why the watchdog closes a connection.
+enum Overdue {
+    /// A request's headers did not arrive within the read deadline.
+    Headers,
+    /// Nothing in flight and nothing received for the idle timeout.
+    Idle,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            last_active_ms: AtomicU64::new(0),
+            request_started_ms: AtomicU64::new(NO_REQUEST),
+            in_flight: AtomicU32::new(0),
+            changed: Notify::new(),
+            http2: AtomicBool::new(false),
+            spoke: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// `bytes` arrived. On HTTP/1 the connection is active, and with nothing in flight they
+    /// begin a request. On HTTP/2 only requests count: pings and settings frames keep no
+    /// connection open, and hyper delivers a stream only once its headers are complete.
+    fn on_read(&self, bytes: &[u8]) {
+        if !self.spoke.swap(true, Ordering::Relaxed) {
+            let n = bytes.len().min(H2_PREFACE.len());
+            self.http2
+                .store(bytes[..n] == H2_PREFACE[..n], Ordering::Relaxed);
+        }
+        if self.http2.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = self.now_ms();
+        self.last_active_ms.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self
+                .request_started_ms
+                .compare_exchange(NO_REQUEST, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request's head was parsed; returns when its first byte arrived.
+    fn begin_request(&self) -> Instant {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let started = self.request_started_ms.swap(NO_REQUEST, Ordering::AcqRel);
+        self.changed.notify_one();
+        if started == NO_REQUEST {
+            Instant::now()
+        } else {
+            self.at(started)
+        }
+    }
+
+    fn end_request(&self) {
+        self.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    /// When the watchdog must look again; `None` while requests are in flight (their bodies
+    /// have their own deadline, and handlers are bounded by the engine).
+    fn next_deadline(&self, options: &ServeOptions) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let started = self.request_started_ms.load(Ordering::Acquire);
+        Some(if started == NO_REQUEST {
+            self.at(self.last_active_ms.load(Ordering::Relaxed)) + options.idle_timeout
+        } else {
+            self.at(started) + options.request_read_timeout
+        })
+    }
+
+    fn overdue(&self, options: &ServeOptions) -> Option<Overdue> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let started = self.request_started_ms.load(Ordering::Acquire);
+        if started != NO_REQUEST {
+            return (now >= self.at(started) + options.request_read_timeout)
+                .then_some(Overdue::Headers);
+        }
+        let last = self.at(self.last_active_ms.load(Ordering::Relaxed));
+        (now >= last + options.idle_timeout).then_some(Overdue::Idle)
+    }
+}
+
+/// Marks a request answered when its handler's future completes or is dropped.
+struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.end_request();
+    }
+}
+
+/// The socket, noting every read in the connection's [`Activity`].
+struct TrackedIo {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.on_read(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

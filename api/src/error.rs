@@ -36,7 +36,7 @@ pub struct Problem {
     /// `already_reserved`: the holder's live reservation; `registration_ended`: the ended one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reservation_id: Option<String>,
-    /// `invalid_field`: the offending field.
+    /// `invalid_field`: the offending field; `schedule_out_of_order`: `waves`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// `invalid_transition`: where the reservation stands.
@@ -262,6 +262,11 @@ fn engine_problem(
         EngineError::InvalidField { field, message } => {
             set(p, "Invalid field", code, &format!("{field}: {message}"));
             p.field = Some((*field).to_owned());
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        EngineError::ScheduleOutOfOrder { .. } => {
+            set(p, "Schedule out of order", code, &detail);
+            p.field = Some("waves".to_owned());
             StatusCode::UNPROCESSABLE_ENTITY
         }
         EngineError::Overloaded => {

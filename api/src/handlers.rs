@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use miqat_engine::calendar::{JalaliDate, parse_national_id, parse_tehran_datetime};
 use miqat_engine::catalog::{CaravanIdx, HolderIdx, Route};
 use miqat_engine::model::{OperatorEvent, ReservationId, Status};
-use miqat_engine::season::Wave;
+use miqat_engine::season::{Wave, WaveOrder};
 use miqat_engine::{EngineError, ReservationFilter};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -143,6 +143,15 @@ fn reservation_json(state: &AppState, view: &miqat_engine::model::ReservationVie
 }
 
 /// `GET /v1/waves`: the registration schedule in force.
+///
+/// Which wave admits which holder: only the waves that include the holder's province count. A
+/// receipt is *called* by the wave(s) with the smallest `receipts_until` on or after the
+/// receipt's date (the first wave whose cutoff covers it). The holder may reserve or join the
+/// waiting list once a wave that calls them has opened, or once a wave of the province whose
+/// cutoff covers the receipt and that has `admits_earlier_receipts: true` has opened. Before
+/// that, `403 registration_not_open` carries the earliest such opening; a receipt no wave of
+/// the province covers gets `403 not_called`. Postponing the main wave therefore closes
+/// registration for main-wave receipts even while a reserve wave is open.
 #[utoipa::path(get, path = "/v1/waves", tag = "public",
     responses((status = 200, body = [WaveDto])))]
 pub async fn waves(State(state): State<AppState>) -> Result<Json<Vec<WaveDto>>, ApiError> {
@@ -666,17 +675,44 @@ pub async fn admin_stats(
     }))
 }
 
+/// Options of `PUT /v1/admin/waves`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WavesQuery {
+    /// `true`: accept a schedule in which, in some province, a wave with a wider cutoff opens
+    /// before a wave with a narrower cutoff (refused by default with
+    /// `422 schedule_out_of_order`).
+    pub allow_wider_cutoff_first: Option<bool>,
+}
+
 /// `PUT /v1/admin/waves` (operator): replace the schedule (a postponement); logged, and it
 /// survives restarts.
+///
+/// A schedule that, in some province, opens a wave with a wider cutoff strictly before a wave
+/// with a narrower cutoff is refused with `422 schedule_out_of_order` (the detail names both
+/// waves, their openings and the province) unless `?allow_wider_cutoff_first=true`: moving
+/// only the main wave into the future must not leave main-wave receipts waiting while the
+/// reserve wave takes later ones. Other defects answer `422 invalid_field`.
 #[utoipa::path(put, path = "/v1/admin/waves", tag = "operator", request_body = [WaveDto],
-    security(("bearer" = [])),
-    responses((status = 200, body = [WaveDto]), (status = 401, body = Problem), (status = 422, body = Problem)))]
+    params(WavesQuery), security(("bearer" = [])),
+    responses((status = 200, body = [WaveDto]), (status = 401, body = Problem),
+        (status = 422, description = "`invalid_field`, or `schedule_out_of_order`", body = Problem)))]
 pub async fn replace_waves(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<WavesQuery>, axum::extract::rejection::QueryRejection>,
     ApiJson(body): ApiJson<Vec<WaveDto>>,
 ) -> Result<Json<Vec<WaveDto>>, ApiError> {
     operator(&state, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::InvalidField {
+        field: "query".into(),
+        message: e.body_text(),
+    })?;
+    let order = if query.allow_wider_cutoff_first == Some(true) {
+        WaveOrder::AllowWiderCutoffFirst
+    } else {
+        WaveOrder::Strict
+    };
     let mut waves = Vec::with_capacity(body.len());
     for (i, w) in body.iter().enumerate() {
         let field = |name: &str| format!("[{i}].{name}");
@@ -701,10 +737,11 @@ pub async fn replace_waves(
             receipts_until_day: receipts.to_day_number(),
             opens_at_ms,
             provinces: w.provinces.clone(),
+            admits_earlier_receipts: w.admits_earlier_receipts,
         });
     }
     let engine = state.engine()?;
-    let decided = engine.replace_schedule(waves)?;
+    let decided = engine.replace_schedule_with(waves, order)?;
     engine.durable(decided.ticket).await?;
     tracing::info!(waves = body.len(), "schedule replaced by an operator");
     Ok(Json(

@@ -174,6 +174,7 @@ fn season_opening_at(opens_at_ms: i64) -> Season {
                 receipts_until_day: CUTOFF_DAY,
                 opens_at_ms,
                 provinces: None,
+                admits_earlier_receipts: false,
             }],
         },
         stages: vec![
@@ -627,6 +628,7 @@ async fn waves_lists_the_schedule_with_rfc3339_and_jalali_times() {
     assert_jalali_wall_clock(&wave["opens_at_jalali"]);
     assert_eq!(wave["opens_at_jalali"], format_tehran_jalali(T0));
     assert!(wave["provinces"].is_null());
+    assert_eq!(wave["admits_earlier_receipts"], false);
 }
 
 #[tokio::test]
@@ -2371,6 +2373,105 @@ async fn the_schedule_read_from_get_waves_can_be_put_back() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body[0]["opens_at"], format_rfc3339_utc(later));
+}
+
+/// The generated season's shape: `main` for receipts up to day 105 (city A's a(0)..a(5)),
+/// `reserve` up to [`CUTOFF_DAY`] (city B's holders, days 110..114).
+fn main_and_reserve(main_opens: i64, reserve_opens: i64, reserve_admits: Option<bool>) -> Value {
+    let mut reserve = json!({"name": "reserve", "receipts_until": jalali_day(CUTOFF_DAY),
+                             "opens_at": format_rfc3339_utc(reserve_opens)});
+    if let Some(admits) = reserve_admits {
+        reserve["admits_earlier_receipts"] = json!(admits);
+    }
+    json!([
+        {"name": "main", "receipts_until": jalali_day(105), "opens_at": format_rfc3339_utc(main_opens)},
+        reserve,
+    ])
+}
+
+#[tokio::test]
+async fn postponing_only_the_main_wave_is_422_schedule_out_of_order() {
+    let fx = Fx::new();
+    let later = T0 + 86_400_000;
+    let body = main_and_reserve(later, T0, None).to_string();
+    let r = fx
+        .as_operator(Method::PUT, "/v1/admin/waves", Some(&body))
+        .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "schedule_out_of_order",
+    );
+    let detail = r.body["detail"].as_str().unwrap();
+    for words in [
+        "\"main\"",
+        "\"reserve\"",
+        "in every province",
+        &format_tehran_jalali(later),
+        &format_tehran_jalali(T0),
+    ] {
+        assert!(detail.contains(words), "{detail:?} lacks {words}");
+    }
+    // Nothing changed: the one original wave is in force.
+    let r = fx.get("/v1/waves").await;
+    assert_eq!(r.body.as_array().unwrap().len(), 1);
+    // `false` is the default.
+    let r = fx
+        .as_operator(
+            Method::PUT,
+            "/v1/admin/waves?allow_wider_cutoff_first=false",
+            Some(&body),
+        )
+        .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "schedule_out_of_order",
+    );
+    // Moving the whole schedule keeps it in order and is accepted.
+    let body = main_and_reserve(later, later + 1_000, None).to_string();
+    let r = fx
+        .as_operator(Method::PUT, "/v1/admin/waves", Some(&body))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+#[tokio::test]
+async fn an_explicit_override_accepts_it_and_main_receipts_still_wait_for_main() {
+    let fx = Fx::new();
+    let later = T0 + 86_400_000;
+    let body = main_and_reserve(later, T0, None).to_string();
+    let r = fx
+        .as_operator(
+            Method::PUT,
+            "/v1/admin/waves?allow_wider_cutoff_first=true",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body[1]["admits_earlier_receipts"], false);
+    // a(0) is called by main: not open, though reserve is; b(0) is called by reserve.
+    let r = fx.reserve(&a(0), "a1").await;
+    assert_problem(&r, StatusCode::FORBIDDEN, "registration_not_open");
+    assert_eq!(r.body["opens_at"], format_rfc3339_utc(later));
+    fx.reserve_ok(&b(0), "b1").await;
+    let r = fx.reserve(&late(), "a1").await;
+    assert_problem(&r, StatusCode::FORBIDDEN, "not_called");
+
+    // A reserve wave that admits earlier receipts lets a(0) in at once.
+    let body = main_and_reserve(later, T0, Some(true)).to_string();
+    let r = fx
+        .as_operator(
+            Method::PUT,
+            "/v1/admin/waves?allow_wider_cutoff_first=true",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = fx.get("/v1/waves").await;
+    assert_eq!(r.body[1]["admits_earlier_receipts"], true);
+    assert_eq!(r.body[0]["admits_earlier_receipts"], false);
+    fx.reserve_ok(&a(0), "a1").await;
 }
 
 // ------------------------------------------------------------------------------------------

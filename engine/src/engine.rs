@@ -16,7 +16,7 @@ use crate::model::{
     EndReason, OperatorEvent, ReservationId, ReservationView, Status, WaitlistPlace, WaitlistStatus,
 };
 use crate::record::{Offer, Record};
-use crate::season::{NotEligible, Schedule, Season, Wave};
+use crate::season::{NotEligible, Schedule, Season, Wave, WaveOrder};
 use crate::shard::{Ctx, Shard, ShardState};
 use crate::sync::{AtomicI64, Mutex};
 use crate::wal::{Durability, Ticket, Wal};
@@ -850,7 +850,18 @@ impl Engine {
 
     /// Replaces the registration schedule (a postponement, a staggered opening). Logged like
     /// any decision; survives restarts (the logged schedule wins over the season file).
+    /// Refuses, with [`EngineError::ScheduleOutOfOrder`], a schedule that opens a wider cutoff
+    /// before a narrower one in some province; see [`Engine::replace_schedule_with`].
     pub fn replace_schedule(&self, waves: Vec<Wave>) -> Result<Committed<()>, EngineError> {
+        self.replace_schedule_with(waves, WaveOrder::Strict)
+    }
+
+    /// [`Engine::replace_schedule`], with the wave order check as `order` says.
+    pub fn replace_schedule_with(
+        &self,
+        waves: Vec<Wave>,
+        order: WaveOrder,
+    ) -> Result<Committed<()>, EngineError> {
         let schedule = Schedule { waves };
         schedule
             .validate(&self.catalog)
@@ -858,6 +869,11 @@ impl Engine {
                 field: "waves",
                 message,
             })?;
+        if order == WaveOrder::Strict {
+            schedule
+                .check_order()
+                .map_err(|e| EngineError::ScheduleOutOfOrder { message: e.message })?;
+        }
         let now_ms = self.now_ms();
         let record = Record::Schedule {
             at_ms: now_ms,

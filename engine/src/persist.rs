@@ -16,16 +16,19 @@ use crate::engine::{Engine, EngineConfig};
 use crate::error::EngineError;
 use crate::model::{EndReason, Reservation, ReservationId, Status};
 use crate::record::{
-    Reader, Record, decode_waves, encode_waves, put_bytes, put_i64, put_id, put_opt_i64, put_stage,
-    put_u32, put_u64, put_u128,
+    Reader, Record, WaveLayout, decode_waves, encode_waves, put_bytes, put_i64, put_id,
+    put_opt_i64, put_stage, put_u32, put_u64, put_u128,
 };
 use crate::season::{Schedule, Season};
 use crate::shard::{IdempotencyEntry, ShardCounters, ShardState};
 use crate::waitlist::WaitKey;
 use crate::wal::{self, Storage, TornTail, Wal, WalConfig};
 
-/// Snapshot payload format version.
-const SNAPSHOT_VERSION: u32 = 1;
+/// Snapshot payload format version written: 2 (waves with a flags byte). Version 1 (waves
+/// without it) is still read.
+const SNAPSHOT_VERSION: u32 = 2;
+/// The oldest snapshot payload version still read.
+const SNAPSHOT_VERSION_MIN: u32 = 1;
 
 /// What recovery found and did.
 #[derive(Debug)]
@@ -215,7 +218,7 @@ impl Engine {
             cuts.push((self.shards.len() as u16, cut));
             put_u64(&mut out, cut);
             out.push(u8::from(self.schedule_replaced.load(Ordering::Acquire)));
-            encode_waves(&mut out, &global.waves);
+            encode_waves(&mut out, &global.waves, WaveLayout::V2);
         }
         for (p, shard) in self.shards.iter().enumerate() {
             let st = shard.state.lock();
@@ -242,9 +245,14 @@ impl Engine {
     fn restore_snapshot(&mut self, payload: &[u8]) -> Result<Vec<u64>, String> {
         let mut r = Reader::new(payload);
         let version = r.u32()?;
-        if version != SNAPSHOT_VERSION {
+        if !(SNAPSHOT_VERSION_MIN..=SNAPSHOT_VERSION).contains(&version) {
             return Err(format!("unsupported snapshot version {version}"));
         }
+        let layout = if version == 1 {
+            WaveLayout::V1
+        } else {
+            WaveLayout::V2
+        };
         if r.u64()? != self.catalog.fingerprint() {
             return Err("taken over another catalog".into());
         }
@@ -258,7 +266,7 @@ impl Engine {
         let mut cuts = vec![0u64; shards + 1];
         cuts[shards] = r.u64()?;
         let replaced = r.u8()? != 0;
-        let waves = decode_waves(&mut r)?;
+        let waves = decode_waves(&mut r, layout)?;
         if replaced {
             self.schedule_in_snapshot = true;
             self.schedule_replaced.store(true, Ordering::Release);

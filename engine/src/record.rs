@@ -51,7 +51,8 @@ pub(crate) enum Record {
     },
     /// A holder joined their province's waiting list.
     Join { holder: HolderIdx, at_ms: i64 },
-    /// The registration schedule was replaced.
+    /// The registration schedule was replaced. Written as kind `SCHEDULE_V2`; kind
+    /// `SCHEDULE` (before waves had `admits_earlier_receipts`) still decodes, as false.
     Schedule { at_ms: i64, waves: Vec<Wave> },
 }
 
@@ -61,8 +62,24 @@ pub(crate) mod kind {
     pub const ADVANCE: u8 = 2;
     pub const END: u8 = 3;
     pub const JOIN: u8 = 4;
+    /// A schedule whose waves carry no flags (logs written before
+    /// `admits_earlier_receipts`); read only.
     pub const SCHEDULE: u8 = 5;
+    /// A schedule whose waves end with a flags byte.
+    pub const SCHEDULE_V2: u8 = 6;
 }
+
+/// How a wave list is laid out on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaveLayout {
+    /// Name, cutoff, opening, provinces (schedule records of kind 5, snapshots version 1).
+    V1,
+    /// The same followed by a flags byte: bit 0 `admits_earlier_receipts`, other bits zero.
+    V2,
+}
+
+/// Bit 0 of a wave's flags byte.
+const WAVE_ADMITS_EARLIER: u8 = 1;
 
 impl Record {
     /// The record's kind byte.
@@ -72,7 +89,7 @@ impl Record {
             Record::Advance { .. } => kind::ADVANCE,
             Record::End { .. } => kind::END,
             Record::Join { .. } => kind::JOIN,
-            Record::Schedule { .. } => kind::SCHEDULE,
+            Record::Schedule { .. } => kind::SCHEDULE_V2,
         }
     }
 
@@ -143,7 +160,7 @@ impl Record {
             }
             Record::Schedule { at_ms, waves } => {
                 put_i64(out, *at_ms);
-                encode_waves(out, waves);
+                encode_waves(out, waves, WaveLayout::V2);
             }
         }
     }
@@ -193,9 +210,16 @@ impl Record {
                 holder: r.u32()?,
                 at_ms: r.i64()?,
             },
-            kind::SCHEDULE => Record::Schedule {
+            kind::SCHEDULE | kind::SCHEDULE_V2 => Record::Schedule {
                 at_ms: r.i64()?,
-                waves: decode_waves(&mut r)?,
+                waves: decode_waves(
+                    &mut r,
+                    if kind == kind::SCHEDULE {
+                        WaveLayout::V1
+                    } else {
+                        WaveLayout::V2
+                    },
+                )?,
             },
             other => return Err(format!("unknown record kind {other}")),
         };
@@ -204,8 +228,8 @@ impl Record {
     }
 }
 
-/// Appends a wave list (used by the schedule record and by snapshots).
-pub(crate) fn encode_waves(out: &mut Vec<u8>, waves: &[Wave]) {
+/// Appends a wave list in `layout` (used by the schedule record and by snapshots).
+pub(crate) fn encode_waves(out: &mut Vec<u8>, waves: &[Wave], layout: WaveLayout) {
     put_u32(out, waves.len() as u32);
     for wave in waves {
         put_bytes(out, wave.name.as_bytes());
@@ -221,11 +245,19 @@ pub(crate) fn encode_waves(out: &mut Vec<u8>, waves: &[Wave]) {
                 }
             }
         }
+        if layout == WaveLayout::V2 {
+            out.push(if wave.admits_earlier_receipts {
+                WAVE_ADMITS_EARLIER
+            } else {
+                0
+            });
+        }
     }
 }
 
-/// Reads a wave list written by [`encode_waves`].
-pub(crate) fn decode_waves(r: &mut Reader<'_>) -> Result<Vec<Wave>, String> {
+/// Reads a wave list written by [`encode_waves`] in `layout`; a V1 wave does not admit
+/// earlier receipts.
+pub(crate) fn decode_waves(r: &mut Reader<'_>, layout: WaveLayout) -> Result<Vec<Wave>, String> {
     let count = r.u32()? as usize;
     let mut waves = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
@@ -236,11 +268,20 @@ pub(crate) fn decode_waves(r: &mut Reader<'_>) -> Result<Vec<Wave>, String> {
             ALL_PROVINCES => None,
             n => Some((0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?),
         };
+        let admits_earlier_receipts = match layout {
+            WaveLayout::V1 => false,
+            WaveLayout::V2 => match r.u8()? {
+                0 => false,
+                WAVE_ADMITS_EARLIER => true,
+                other => return Err(format!("wave {name:?}: unknown flags {other:#04x}")),
+            },
+        };
         waves.push(Wave {
             name,
             receipts_until_day,
             opens_at_ms,
             provinces,
+            admits_earlier_receipts,
         });
     }
     Ok(waves)

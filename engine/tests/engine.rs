@@ -361,6 +361,7 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
             receipts_until_day: common::CUTOFF_DAY,
             opens_at_ms: later,
             provinces: Some(vec![1]),
+            admits_earlier_receipts: false,
         }])
         .unwrap();
     let err = w.reserve(1000, "a1").unwrap_err();
@@ -380,6 +381,7 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
             receipts_until_day: 0,
             opens_at_ms: 0,
             provinces: Some(vec![77]),
+            admits_earlier_receipts: false,
         }]),
         "InvalidField",
     );
@@ -388,6 +390,7 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
         receipts_until_day: 0,
         opens_at_ms: 0,
         provinces,
+        admits_earlier_receipts: false,
     };
     check_err(
         w.engine

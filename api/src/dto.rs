@@ -267,9 +267,11 @@ pub struct Stats {
     pub waiting: u64,
     /// Deadlines expired since start.
     pub expirations: u64,
-    /// Log records written since start.
+    /// Records in the write-ahead log since it was created (its last LSN), restarts included.
     pub log_records: u64,
-    /// Log fsyncs since start.
+    /// Log records written by this process (since it started).
+    pub log_records_since_start: u64,
+    /// Log fsyncs by this process (since it started; fsyncs are not logged).
     pub log_fsyncs: u64,
 }
 

@@ -670,7 +670,8 @@ pub async fn admin_stats(
         },
         waiting: s.waiting,
         expirations: s.expirations,
-        log_records: wal.records_written,
+        log_records: engine.log_records_total().unwrap_or(0),
+        log_records_since_start: wal.records_written,
         log_fsyncs: wal.fsyncs,
     }))
 }

@@ -2256,6 +2256,7 @@ async fn admin_stats_count_seats_and_reservations() {
             "waiting": 0,
             "expirations": 0,
             "log_records": 0,
+            "log_records_since_start": 0,
             "log_fsyncs": 0,
         })
     );
@@ -2472,6 +2473,63 @@ async fn an_explicit_override_accepts_it_and_main_receipts_still_wait_for_main()
     assert_eq!(r.body[1]["admits_earlier_receipts"], true);
     assert_eq!(r.body[0]["admits_earlier_receipts"], false);
     fx.reserve_ok(&a(0), "a1").await;
+}
+
+#[tokio::test]
+async fn admin_stats_log_counters_continue_after_a_restart() {
+    use miqat_engine::wal::{MemStorage, Storage};
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let start = || {
+        let catalog = catalog();
+        let storage: Arc<dyn Storage> = Arc::new(storage.clone());
+        let (engine, _) = Engine::open(
+            Arc::clone(&catalog),
+            season_opening_at(T0),
+            Arc::new(clock.clone()),
+            storage,
+            EngineConfig::default(),
+        )
+        .unwrap();
+        let state = AppState::new(catalog, config(), None);
+        state.set_engine(Arc::clone(&engine));
+        Fx {
+            app: app(state),
+            engine,
+            clock: clock.clone(),
+        }
+    };
+    let stats = |fx: &Fx| {
+        let fx_app = fx.app.clone();
+        async move {
+            let auth = format!("Bearer {TOKEN}");
+            let r = send(
+                &fx_app,
+                Method::GET,
+                "/v1/admin/stats",
+                &[("authorization", &auth)],
+                None,
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            r.body
+        }
+    };
+    let fx = start();
+    fx.reserve_ok(&a(0), "a1").await;
+    let id = fx.reserve_ok(&b(0), "b1").await;
+    assert_eq!(fx.cancel(&b(0), &id).await.status, StatusCode::OK);
+    let before = stats(&fx).await;
+    assert_eq!(before["log_records"], 3);
+    assert_eq!(before["log_records_since_start"], 3);
+    fx.engine.shutdown().unwrap();
+    drop(fx);
+    let fx = start();
+    let after = stats(&fx).await;
+    assert_eq!(after["log_records"], 3, "{after}");
+    assert_eq!(after["log_records_since_start"], 0, "{after}");
+    fx.reserve_ok(&a(1), "a1").await;
+    assert_eq!(stats(&fx).await["log_records"], 4);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -120,6 +120,9 @@ pub struct Engine {
     expirations: AtomicU64,
     /// The sum of the shards' record counters when the last snapshot was taken.
     pub(crate) records_at_snapshot: AtomicU64,
+    /// Records the log held before this process opened it (the last LSN recovery found; 0
+    /// for a new log or without one).
+    pub(crate) log_records_at_open: u64,
     pub(crate) stopping: AtomicBool,
     /// Whether the schedule was ever replaced through the log (it then wins over the file).
     pub(crate) schedule_replaced: AtomicBool,
@@ -219,6 +222,7 @@ impl Engine {
             last_now_ms: AtomicI64::new(now_ms),
             expirations: AtomicU64::new(0),
             records_at_snapshot: AtomicU64::new(0),
+            log_records_at_open: 0,
             stopping: AtomicBool::new(false),
             schedule_replaced: AtomicBool::new(false),
             schedule_in_snapshot: false,

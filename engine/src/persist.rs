@@ -150,6 +150,7 @@ impl Engine {
             log_tag: tag,
             ..WalConfig::default()
         };
+        engine.log_records_at_open = recovered.next_lsn.saturating_sub(1);
         let wal = Wal::open(storage, wal_config, recovered.next_lsn, last_seq)
             .map_err(|e| EngineError::Recovery(e.to_string()))?;
         engine.wal = Some(wal);
@@ -303,9 +304,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Write-ahead log counters, if the engine logs.
+    /// Write-ahead log counters since this process opened the log, if the engine logs.
     pub fn wal_stats(&self) -> Option<wal::WalStats> {
         self.wal.as_ref().map(|w| w.stats())
+    }
+
+    /// Records in the log since it was created, across restarts: the last LSN recovery found
+    /// plus the records written since. `None` without a log.
+    pub fn log_records_total(&self) -> Option<u64> {
+        self.wal
+            .as_ref()
+            .map(|w| self.log_records_at_open + w.stats().records_written)
     }
 }
 

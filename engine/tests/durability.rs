@@ -383,3 +383,21 @@ fn admits_earlier_receipts_survives_restart_through_the_log_and_a_snapshot() {
     assert_eq!(report.records_replayed, 0, "from the snapshot alone");
     assert_eq!(engine.schedule().waves, waves);
 }
+
+#[test]
+fn the_log_record_count_continues_across_restarts() {
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    assert_eq!(engine.log_records_total(), Some(0));
+    reserve(&engine, 1000, "a1").unwrap();
+    reserve(&engine, 1001, "a1").unwrap();
+    assert_eq!(engine.log_records_total(), Some(2));
+    engine.snapshot().unwrap();
+    drop(engine);
+    storage.crash();
+    let (engine, _) = open(&storage, &clock).unwrap();
+    assert_eq!(engine.log_records_total(), Some(2));
+    reserve(&engine, 1003, "b1").unwrap();
+    assert_eq!(engine.log_records_total(), Some(3));
+}

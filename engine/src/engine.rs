@@ -114,6 +114,8 @@ pub struct Engine {
     /// The schedule as the global shard sees it; its WAL shard index is `shards.len()`.
     pub(crate) global: Mutex<Arc<Schedule>>,
     pub(crate) caravan_local: Vec<u32>,
+    /// Per caravan: its price group's rank (see `price_ranks`).
+    price_rank: Vec<u32>,
     pub(crate) wal: Option<Arc<Wal>>,
     pub(crate) rng: Box<[CachePadded<parking_lot::Mutex<ChaCha12Rng>>]>,
     last_now_ms: AtomicI64,
@@ -209,6 +211,7 @@ impl Engine {
             })
             .collect();
         let now_ms = clock.now_ms();
+        let price_rank = price_ranks(&catalog);
         Ok(Engine {
             catalog,
             season,
@@ -217,6 +220,7 @@ impl Engine {
             shards,
             global: Mutex::new(schedule),
             caravan_local,
+            price_rank,
             wal,
             rng,
             last_now_ms: AtomicI64::new(now_ms),
@@ -426,7 +430,7 @@ impl Engine {
         let slot = self.caravan_local[caravan as usize] as usize;
         if st.occupied[slot] >= c.capacity {
             return Err(EngineError::CaravanFull {
-                alternatives: self.alternatives(h.city, caravan),
+                alternatives: self.alternatives(h.city, caravan, holder),
             });
         }
         let (stage, deadline_ms) = self.first_stage(now_ms);
@@ -498,20 +502,48 @@ impl Engine {
         }
     }
 
-    /// Up to [`ALTERNATIVES_MAX`] caravans of `city` with free seats, other than `except`,
-    /// read from the lock-free counters.
+    /// Up to [`ALTERNATIVES_MAX`] caravans of `city` with free seats, other than `asked`,
+    /// read from the lock-free counters, closest to `asked` first: the same route first, then
+    /// the nearest price group (by rank in the catalog's sorted price groups), then the
+    /// nearest departure date. Caravans equally close are ordered by a hash of `holder` and
+    /// the caravan, so holders refused on the same caravan are spread over all the equally
+    /// close ones instead of herding to the same five. With `asked` not a caravan (a waiting
+    /// list refusal), only the hash orders them.
     pub fn alternatives(
         &self,
         city: crate::catalog::CityIdx,
-        except: CaravanIdx,
+        asked: CaravanIdx,
+        holder: HolderIdx,
     ) -> Vec<CaravanIdx> {
-        self.catalog
+        let caravans = self.catalog.caravans();
+        let asked_caravan = caravans.get(asked as usize);
+        let closeness = |c: CaravanIdx| -> (u8, u32, u32, u64) {
+            let spread = spread_hash(holder, c);
+            let Some(a) = asked_caravan else {
+                return (0, 0, 0, spread);
+            };
+            let other = &caravans[c as usize];
+            (
+                u8::from(other.route != a.route),
+                self.price_rank[c as usize].abs_diff(self.price_rank[asked as usize]),
+                other.departure_day.abs_diff(a.departure_day),
+                spread,
+            )
+        };
+        let mut found: Vec<((u8, u32, u32, u64), CaravanIdx)> = self
+            .catalog
             .caravans_of_city(city)
             .iter()
             .copied()
-            .filter(|&c| c != except && self.free_seats(c) > 0)
-            .take(ALTERNATIVES_MAX)
-            .collect()
+            .filter(|&c| c != asked && self.free_seats(c) > 0)
+            .map(|c| (closeness(c), c))
+            .collect();
+        if found.len() > ALTERNATIVES_MAX {
+            found.select_nth_unstable(ALTERNATIVES_MAX - 1);
+            found.truncate(ALTERNATIVES_MAX);
+        }
+        found.sort_unstable();
+        found.into_iter().map(|(_, c)| c).collect()
     }
 
     /// Free seats of `caravan` (0 for an unknown one), without taking any lock.
@@ -816,7 +848,7 @@ impl Engine {
         }
         self.check_schedule(&st.schedule, h.province, h.receipt_day, now_ms)?;
         Self::check_first_registration(&st, h.local)?;
-        let alternatives = self.alternatives(h.city, CaravanIdx::MAX);
+        let alternatives = self.alternatives(h.city, CaravanIdx::MAX, holder);
         if !alternatives.is_empty() {
             return Err(EngineError::SeatsAvailable { alternatives });
         }
@@ -1230,6 +1262,32 @@ fn receipt_day_ranges(catalog: &Catalog) -> Vec<(i32, i32)> {
         .into_iter()
         .map(|(a, b)| if a > b { (0, 0) } else { (a, b) })
         .collect()
+}
+
+/// Each caravan's price group as its rank among the catalog's distinct price groups in sorted
+/// order (`A` 0, `B` 1, ...), so the distance between two groups is a difference of ranks.
+fn price_ranks(catalog: &Catalog) -> Vec<u32> {
+    let mut groups: Vec<&str> = catalog
+        .caravans()
+        .iter()
+        .map(|c| c.price_group.as_str())
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    catalog
+        .caravans()
+        .iter()
+        .map(|c| groups.binary_search(&c.price_group.as_str()).unwrap_or(0) as u32)
+        .collect()
+}
+
+/// A well-mixed 64-bit hash of (holder, caravan) (SplitMix64's finalizer): a stable,
+/// per-holder order among equally close alternatives.
+fn spread_hash(holder: HolderIdx, caravan: CaravanIdx) -> u64 {
+    let mut z = (u64::from(holder) << 32 | u64::from(caravan)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

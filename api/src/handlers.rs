@@ -387,7 +387,9 @@ pub async fn get_reservation(
 }
 
 /// `DELETE /v1/reservations/{id}`: cancel (or decline an offer); the seat goes to the
-/// waiting list.
+/// waiting list. Idempotent: cancelling a reservation the holder already cancelled answers
+/// 200 with it again (header `idempotent-replayed: true`); one that expired or was rejected
+/// answers `409 invalid_transition`.
 #[utoipa::path(delete, path = "/v1/reservations/{id}", tag = "applicant",
     params(("id" = String, Path), ("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header)),
     responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
@@ -396,13 +398,20 @@ pub async fn cancel(
     State(state): State<AppState>,
     PathId(id): PathId,
     headers: HeaderMap,
-) -> Result<Json<Reservation>, ApiError> {
+) -> Result<Response, ApiError> {
     let holder = header_credentials(&state, &headers)?;
     let id = reservation_id(&id)?;
     let engine = state.engine()?;
-    let decided = engine.cancel(holder, id)?;
+    let decided = engine.cancel_outcome(holder, id)?;
     engine.durable(decided.ticket).await?;
-    Ok(Json(reservation_json(&state, &decided.value)))
+    let (view, repeated) = decided.value;
+    let mut response = Json(reservation_json(&state, &view)).into_response();
+    if repeated {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 /// `POST /v1/reservations/{id}/accept`: accept a waiting-list offer (credentials in the body,

@@ -1620,7 +1620,7 @@ async fn applicant_reads_need_credentials_in_the_headers() {
 }
 
 #[tokio::test]
-async fn cancel_answers_cancelled_frees_the_seat_and_a_second_cancel_is_409() {
+async fn cancel_answers_cancelled_frees_the_seat_and_a_second_cancel_answers_it_again() {
     let fx = Fx::new();
     let id = fx.reserve_ok(&b(0), "b1").await;
     assert_eq!(fx.seats_free("b1").await, 0);
@@ -1635,9 +1635,19 @@ async fn cancel_answers_cancelled_frees_the_seat_and_a_second_cancel_is_409() {
     assert_eq!(r.body["created_at"], format_rfc3339_utc(T0));
     assert_eq!(fx.seats_free("b1").await, 1);
 
+    assert!(r.header("idempotent-replayed").is_none());
+    let first = r.body;
+
+    // A retried cancel answers the same cancelled reservation, and frees nothing twice.
+    fx.clock.advance(1_000);
     let r = fx.cancel(&b(0), &id).await;
-    assert_problem(&r, StatusCode::CONFLICT, "invalid_transition");
-    assert_eq!(r.body["reservation_status"], "cancelled");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body, first);
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(fx.seats_free("b1").await, 1);
+    // Someone else's cancelled reservation is still not found.
+    let r = fx.cancel(&b(1), &id).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "reservation_not_found");
     // The holder can still read it.
     let r = fx
         .as_holder(Method::GET, &format!("/v1/reservations/{id}"), &b(0))
@@ -1654,6 +1664,9 @@ async fn a_cancel_past_the_deadline_finds_the_reservation_expired() {
     assert_problem(&r, StatusCode::CONFLICT, "invalid_transition");
     assert_eq!(r.body["reservation_status"], "expired");
     assert_eq!(fx.seats_free("b1").await, 1);
+    // Still 409 when retried: an expired reservation was not cancelled by the holder.
+    let r = fx.cancel(&b(0), &id).await;
+    assert_problem(&r, StatusCode::CONFLICT, "invalid_transition");
     let r = fx
         .as_holder(Method::GET, &format!("/v1/reservations/{id}"), &b(0))
         .await;
@@ -2049,6 +2062,10 @@ async fn medical_rejection_rejects_and_frees_the_seat_for_the_waiting_list() {
     assert_eq!(r.body["status"], "cancelled");
     assert_eq!(r.body["end_reason"], "deceased");
     assert_eq!(fx.seats_free("c1").await, 2);
+    // Cancelled, but not by the holder: a cancel is not a retry of anything, so it is 409.
+    let r = fx.cancel(&c(1), &id).await;
+    assert_problem(&r, StatusCode::CONFLICT, "invalid_transition");
+    assert_eq!(r.body["reservation_status"], "cancelled");
 }
 
 #[tokio::test]

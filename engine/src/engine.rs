@@ -695,18 +695,49 @@ impl Engine {
     }
 
     /// Cancels the holder's reservation `id` (declines it, if it is an offer); its seat goes
-    /// to the waiting list or back to the pool.
+    /// to the waiting list or back to the pool. Cancelling a reservation the holder already
+    /// cancelled (or an offer they declined) decides nothing and answers it again, so a
+    /// retried cancel gets the same answer; one that ended otherwise (expired, rejected, a
+    /// death) is an invalid transition. See [`Engine::cancel_outcome`] to tell them apart.
     pub fn cancel(
         &self,
         holder: HolderIdx,
         id: ReservationId,
     ) -> Result<Committed<ReservationView>, EngineError> {
+        let decided = self.cancel_outcome(holder, id)?;
+        Ok(Committed {
+            value: decided.value.0,
+            ticket: decided.ticket,
+        })
+    }
+
+    /// [`Engine::cancel`], with `true` beside the view if and only if the reservation had
+    /// already been cancelled by the holder and nothing new was decided.
+    pub fn cancel_outcome(
+        &self,
+        holder: HolderIdx,
+        id: ReservationId,
+    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
         let now_ms = self.now_ms();
         let (p, mut st, idx) = self.holder_reservation_locked(holder, id)?;
         self.expire_if_due(p, &mut st, idx, now_ms)?;
-        let reason = match st.reservations[idx as usize].status {
+        let r = &st.reservations[idx as usize];
+        let reason = match r.status {
             Status::Offered => EndReason::OfferDeclined,
             Status::Held | Status::Confirmed => EndReason::HolderCancelled,
+            Status::Cancelled
+                if matches!(
+                    r.end_reason,
+                    Some(EndReason::HolderCancelled | EndReason::OfferDeclined)
+                ) =>
+            {
+                // The cancel this retries may still be on its way to disk.
+                let done = self.committed_view(&st, idx, self.ticket_for_staged(p))?;
+                return Ok(Committed {
+                    value: (done.value, true),
+                    ticket: done.ticket,
+                });
+            }
             status => {
                 return Err(EngineError::InvalidTransition {
                     status,
@@ -715,7 +746,11 @@ impl Engine {
             }
         };
         let ticket = self.end(p, &mut st, idx, reason, now_ms)?;
-        self.committed_view(&st, idx, ticket)
+        let done = self.committed_view(&st, idx, ticket)?;
+        Ok(Committed {
+            value: (done.value, false),
+            ticket: done.ticket,
+        })
     }
 
     /// Accepts the waiting-list offer `id` of `holder`: it becomes a hold at the first stage.

@@ -1523,6 +1523,147 @@ async fn an_empty_or_oversized_key_is_422() {
 // Applicant reads and changes
 // ------------------------------------------------------------------------------------------
 
+/// `method uri` with a JSON `body`, extra `headers` and an `Idempotency-Key`.
+async fn keyed(
+    fx: &Fx,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    key: &str,
+    body: Option<&str>,
+) -> Resp {
+    let mut all = headers.to_vec();
+    all.push(("idempotency-key", key));
+    fx.send(method, uri, &all, body).await
+}
+
+/// Checks that `again` repeats `first`: the same status and body, marked as replayed.
+#[track_caller]
+fn assert_replayed(first: &Resp, again: &Resp) {
+    assert_eq!(again.status, first.status, "{}", again.text);
+    assert_eq!(again.body, first.body);
+    assert!(first.header("idempotent-replayed").is_none());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+}
+
+#[tokio::test]
+async fn every_write_replays_its_original_answer_for_the_same_key() {
+    let fx = Fx::new();
+    let auth = format!("Bearer {TOKEN}");
+    let operator = [("authorization", auth.as_str())];
+    // Waiting-list join: the place the holder got, even after the list moved on.
+    let first = fx.reserve_ok(&b(0), "b1").await;
+    let join = |h: Holder| {
+        let fx = &fx;
+        async move {
+            keyed(
+                fx,
+                Method::POST,
+                "/v1/waitlist",
+                &[],
+                "join-1",
+                Some(&creds_body(&h)),
+            )
+            .await
+        }
+    };
+    let joined = join(b(1)).await;
+    assert_eq!(joined.status, StatusCode::CREATED, "{}", joined.text);
+    assert_eq!(joined.body["position"], 1);
+    assert_eq!(fx.join(&b(2)).await.status, StatusCode::CREATED);
+
+    // Cancel: the same answer for the same key, the seat freed once.
+    let uri = format!("/v1/reservations/{first}");
+    let cancelled = keyed(&fx, Method::DELETE, &uri, &creds(&b(0)), "cancel-1", None).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text);
+    fx.clock.advance(1_000);
+    let again = keyed(&fx, Method::DELETE, &uri, &creds(&b(0)), "cancel-1", None).await;
+    assert_replayed(&cancelled, &again);
+    // The same key for another request of the holder's is refused.
+    let r = keyed(
+        &fx,
+        Method::POST,
+        "/v1/waitlist",
+        &[],
+        "cancel-1",
+        Some(&creds_body(&b(0))),
+    )
+    .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+
+    // b(1) was offered the seat and has left the list; the join retry still answers 201 at
+    // place 1, as the first time.
+    assert_replayed(&joined, &join(b(1)).await);
+
+    // Accept: replayed after the offer became a hold (a plain retry would be 409).
+    let offer = fx.waitlist_me(&b(1)).await.body["offer"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uri = format!("/v1/reservations/{offer}/accept");
+    let body = creds_body(&b(1));
+    let accepted = keyed(&fx, Method::POST, &uri, &[], "accept-1", Some(&body)).await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+    assert_eq!(accepted.body["status"], "held");
+    fx.clock.advance(1_000);
+    assert_replayed(
+        &accepted,
+        &keyed(&fx, Method::POST, &uri, &[], "accept-1", Some(&body)).await,
+    );
+    let r = fx.accept(&b(1), &offer).await;
+    assert_problem(&r, StatusCode::CONFLICT, "invalid_transition");
+
+    // Operator event: replayed after the hold moved on; another event under the key is 422.
+    let uri = format!("/v1/reservations/{offer}/events");
+    let documents = json!({"kind": "documents_received"}).to_string();
+    let done = keyed(
+        &fx,
+        Method::POST,
+        &uri,
+        &operator,
+        "event-1",
+        Some(&documents),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert_eq!(done.body["stage"], "first_payment");
+    let paid = json!({"kind": "first_payment_received"}).to_string();
+    assert_eq!(
+        keyed(&fx, Method::POST, &uri, &operator, "event-2", Some(&paid))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_replayed(
+        &done,
+        &keyed(
+            &fx,
+            Method::POST,
+            &uri,
+            &operator,
+            "event-1",
+            Some(&documents),
+        )
+        .await,
+    );
+    let r = keyed(&fx, Method::POST, &uri, &operator, "event-1", Some(&paid)).await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+    // Empty and oversized keys are refused on these writes too.
+    let r = keyed(&fx, Method::POST, &uri, &operator, "", Some(&paid)).await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let long = "k".repeat(256);
+    let r = keyed(&fx, Method::POST, &uri, &operator, &long, Some(&paid)).await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+}
+
 #[tokio::test]
 async fn own_reservation_reads_and_someone_elses_is_404_like_a_missing_one() {
     let fx = Fx::new();

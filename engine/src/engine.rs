@@ -15,9 +15,9 @@ use crate::error::EngineError;
 use crate::model::{
     EndReason, OperatorEvent, ReservationId, ReservationView, Status, WaitlistPlace, WaitlistStatus,
 };
-use crate::record::{Offer, Record};
+use crate::record::{KeyOp, KeyUse, Offer, Record};
 use crate::season::{NotEligible, Schedule, Season, Wave, WaveOrder};
-use crate::shard::{Ctx, Shard, ShardState};
+use crate::shard::{Ctx, KeyAnswer, KeyedOp, Shard, ShardState};
 use crate::sync::{AtomicI64, Mutex};
 use crate::wal::{Durability, Ticket, Wal};
 
@@ -376,48 +376,24 @@ impl Engine {
             .caravans()
             .get(caravan as usize)
             .ok_or(EngineError::CaravanNotFound)?;
-        let key = idempotency_key.unwrap_or(&[]);
-        if key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
-            return Err(EngineError::InvalidField {
-                field: "Idempotency-Key",
-                message: format!("longer than {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
-            });
-        }
+        let key = checked_key(idempotency_key)?;
         let now_ms = self.now_ms();
         let p = usize::from(h.province);
         let shard = &self.shards[p];
         let mut st = shard.state.lock();
-        if !key.is_empty() {
-            let since = now_ms.saturating_sub(self.config.idempotency_retention_ms);
-            if let Some(entry) = st.idempotency_lookup(h.local, key, since) {
-                if entry.caravan != caravan {
-                    return Err(EngineError::IdempotencyKeyReused);
-                }
-                let idx = st
-                    .find(entry.reservation)
-                    .ok_or(EngineError::ReservationNotFound)?;
-                let mut reservation = st
-                    .view(&self.catalog, idx)
-                    .ok_or(EngineError::ReservationNotFound)?;
-                // The original answer: the reservation as it was created, whatever happened
-                // to it since.
-                reservation.status = if entry.stage.is_some() {
-                    Status::Held
-                } else {
-                    Status::Confirmed
-                };
-                reservation.stage = entry.stage;
-                reservation.deadline_ms = entry.deadline_ms;
-                reservation.updated_ms = reservation.created_ms;
-                reservation.end_reason = None;
-                return Ok(Committed {
-                    value: ReserveOutcome {
-                        reservation,
-                        replayed: true,
-                    },
-                    ticket: self.ticket_for_staged(p),
-                });
-            }
+        if let Some((at_ms, answer)) =
+            self.key_replay(&st, h.local, key, KeyedOp::Reserve { caravan }, now_ms)?
+        {
+            // The original answer: the reservation as it was created, whatever happened to it
+            // since.
+            let reservation = self.replayed_view(&st, at_ms, answer)?;
+            return Ok(Committed {
+                value: ReserveOutcome {
+                    reservation,
+                    replayed: true,
+                },
+                ticket: self.ticket_for_staged(p),
+            });
         }
         if h.receipt_status == ReceiptStatus::NeedsConversion {
             return Err(EngineError::ReceiptNeedsConversion);
@@ -457,6 +433,59 @@ impl Engine {
             },
             ticket,
         })
+    }
+
+    /// If `key` (non-empty) was used by the holder with local index `local` and is still
+    /// retained: `Ok(Some(original answer))` if it was used for `op`, and
+    /// [`EngineError::IdempotencyKeyReused`] if for anything else. `Ok(None)` for a new key
+    /// or none.
+    fn key_replay(
+        &self,
+        st: &ShardState,
+        local: u32,
+        key: &[u8],
+        op: KeyedOp,
+        now_ms: i64,
+    ) -> Result<Option<(i64, KeyAnswer)>, EngineError> {
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let since = now_ms.saturating_sub(self.config.idempotency_retention_ms);
+        match st.idempotency_lookup(local, key, since) {
+            None => Ok(None),
+            Some(entry) if entry.op == op => Ok(Some((entry.at_ms, entry.answer))),
+            Some(_) => Err(EngineError::IdempotencyKeyReused),
+        }
+    }
+
+    /// The reservation a replayed answer names, as the keyed decision left it at `at_ms`.
+    fn replayed_view(
+        &self,
+        st: &ShardState,
+        at_ms: i64,
+        answer: KeyAnswer,
+    ) -> Result<ReservationView, EngineError> {
+        let KeyAnswer::Reservation {
+            id,
+            status,
+            stage,
+            deadline_ms,
+        } = answer
+        else {
+            return Err(EngineError::IdempotencyKeyReused);
+        };
+        let idx = st.find(id).ok_or(EngineError::ReservationNotFound)?;
+        let mut view = st
+            .view(&self.catalog, idx)
+            .ok_or(EngineError::ReservationNotFound)?;
+        view.status = status;
+        view.stage = stage;
+        view.deadline_ms = deadline_ms;
+        view.updated_ms = at_ms;
+        if status.is_live() {
+            view.end_reason = None;
+        }
+        Ok(view)
     }
 
     /// A holder registers once a season: a live reservation answers `already_reserved`; an
@@ -601,7 +630,8 @@ impl Engine {
         })
     }
 
-    /// Ends the reservation at `idx` for `reason`, passing its seat on.
+    /// Ends the reservation at `idx` for `reason`, passing its seat on; `keyed` when a request
+    /// with an `Idempotency-Key` asked for it.
     fn end(
         &self,
         p: usize,
@@ -609,6 +639,7 @@ impl Engine {
         idx: u32,
         reason: EndReason,
         now_ms: i64,
+        keyed: Option<KeyUse>,
     ) -> Result<Option<Ticket>, EngineError> {
         let r = &st.reservations[idx as usize];
         let (id, caravan) = (r.id, r.caravan);
@@ -619,6 +650,7 @@ impl Engine {
             at_ms: now_ms,
             reason,
             offer,
+            keyed,
         };
         let ticket = self.commit(p, st, &record)?;
         self.wake_expiry_if_earlier(offer_deadline);
@@ -647,7 +679,7 @@ impl Engine {
             EndReason::StageExpired
         };
         let deadline_ms = r.deadline_ms.unwrap_or(now_ms);
-        let _ = self.end(p, st, idx, reason, now_ms)?;
+        let _ = self.end(p, st, idx, reason, now_ms, None)?;
         self.note_expiry(now_ms - deadline_ms);
         Err(EngineError::InvalidTransition {
             status: reason.status(),
@@ -704,22 +736,29 @@ impl Engine {
         holder: HolderIdx,
         id: ReservationId,
     ) -> Result<Committed<ReservationView>, EngineError> {
-        let decided = self.cancel_outcome(holder, id)?;
-        Ok(Committed {
-            value: decided.value.0,
-            ticket: decided.ticket,
-        })
+        first_of(self.cancel_outcome(holder, id, None)?)
     }
 
-    /// [`Engine::cancel`], with `true` beside the view if and only if the reservation had
-    /// already been cancelled by the holder and nothing new was decided.
+    /// [`Engine::cancel`] under an optional `Idempotency-Key`, with `true` beside the view if
+    /// and only if nothing new was decided: a retry with a key seen before for this cancel
+    /// (the original answer), or a reservation the holder had already cancelled. A key seen
+    /// before for another request is refused ([`EngineError::IdempotencyKeyReused`]).
     pub fn cancel_outcome(
         &self,
         holder: HolderIdx,
         id: ReservationId,
+        idempotency_key: Option<&[u8]>,
     ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
         let now_ms = self.now_ms();
         let (p, mut st, idx) = self.holder_reservation_locked(holder, id)?;
+        let op = KeyedOp::On {
+            op: KeyOp::Cancel,
+            reservation: id,
+        };
+        if let Some(done) = self.replay_view(&st, p, holder, key, op, now_ms)? {
+            return Ok(done);
+        }
         self.expire_if_due(p, &mut st, idx, now_ms)?;
         let r = &st.reservations[idx as usize];
         let reason = match r.status {
@@ -745,12 +784,39 @@ impl Engine {
                 });
             }
         };
-        let ticket = self.end(p, &mut st, idx, reason, now_ms)?;
+        let keyed = key_use(KeyOp::Cancel, key);
+        let ticket = self.end(p, &mut st, idx, reason, now_ms, keyed)?;
         let done = self.committed_view(&st, idx, ticket)?;
         Ok(Committed {
             value: (done.value, false),
             ticket: done.ticket,
         })
+    }
+
+    /// The original answer to a retry of a keyed request on a reservation of shard `p`
+    /// (`holder`'s, whose key it is), if `key` was seen for `op`; see `key_replay`.
+    fn replay_view(
+        &self,
+        st: &ShardState,
+        p: usize,
+        holder: HolderIdx,
+        key: &[u8],
+        op: KeyedOp,
+        now_ms: i64,
+    ) -> Result<Option<Committed<(ReservationView, bool)>>, EngineError> {
+        let local = self
+            .catalog
+            .holder_facts(holder)
+            .ok_or(EngineError::ReservationNotFound)?
+            .local;
+        let Some((at_ms, answer)) = self.key_replay(st, local, key, op, now_ms)? else {
+            return Ok(None);
+        };
+        Ok(Some(Committed {
+            value: (self.replayed_view(st, at_ms, answer)?, true),
+            // The decision this retries may still be on its way to disk.
+            ticket: self.ticket_for_staged(p),
+        }))
     }
 
     /// Accepts the waiting-list offer `id` of `holder`: it becomes a hold at the first stage.
@@ -759,8 +825,28 @@ impl Engine {
         holder: HolderIdx,
         id: ReservationId,
     ) -> Result<Committed<ReservationView>, EngineError> {
+        first_of(self.accept_offer_keyed(holder, id, None)?)
+    }
+
+    /// [`Engine::accept_offer`] under an optional `Idempotency-Key`: a retry with a key seen
+    /// before for this accept answers the original (`true` beside it); a key seen for another
+    /// request is refused.
+    pub fn accept_offer_keyed(
+        &self,
+        holder: HolderIdx,
+        id: ReservationId,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
         let now_ms = self.now_ms();
         let (p, mut st, idx) = self.holder_reservation_locked(holder, id)?;
+        let op = KeyedOp::On {
+            op: KeyOp::Accept,
+            reservation: id,
+        };
+        if let Some(done) = self.replay_view(&st, p, holder, key, op, now_ms)? {
+            return Ok(done);
+        }
         self.expire_if_due(p, &mut st, idx, now_ms)?;
         let status = st.reservations[idx as usize].status;
         if status != Status::Offered {
@@ -775,6 +861,7 @@ impl Engine {
             at_ms: now_ms,
             stage,
             deadline_ms,
+            keyed: key_use(KeyOp::Accept, key),
         };
         let ticket = self.commit(p, &mut st, &record)?;
         let view = st
@@ -783,7 +870,7 @@ impl Engine {
         drop(st);
         self.wake_expiry_if_earlier(deadline_ms);
         Ok(Committed {
-            value: view,
+            value: (view, false),
             ticket,
         })
     }
@@ -795,11 +882,34 @@ impl Engine {
         id: ReservationId,
         event: OperatorEvent,
     ) -> Result<Committed<ReservationView>, EngineError> {
+        first_of(self.operator_event_keyed(id, event, None)?)
+    }
+
+    /// [`Engine::operator_event`] under an optional `Idempotency-Key` (remembered with the
+    /// reservation's holder): a retry with a key seen before for this event on this
+    /// reservation answers the original (`true` beside it); a key seen for another request is
+    /// refused.
+    pub fn operator_event_keyed(
+        &self,
+        id: ReservationId,
+        event: OperatorEvent,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
         let now_ms = self.now_ms();
         let p = usize::from(id.shard);
         let shard = self.shards.get(p).ok_or(EngineError::ReservationNotFound)?;
         let mut st = shard.state.lock();
         let idx = st.find(id).ok_or(EngineError::ReservationNotFound)?;
+        let holder = st.reservations[idx as usize].holder;
+        let op = KeyedOp::On {
+            op: KeyOp::Event(event),
+            reservation: id,
+        };
+        if let Some(done) = self.replay_view(&st, p, holder, key, op, now_ms)? {
+            return Ok(done);
+        }
+        let keyed = key_use(KeyOp::Event(event), key);
         self.expire_if_due(p, &mut st, idx, now_ms)?;
         let (status, stage) = {
             let r = &st.reservations[idx as usize];
@@ -828,6 +938,7 @@ impl Engine {
                     at_ms: now_ms,
                     stage,
                     deadline_ms,
+                    keyed,
                 };
                 let ticket = self.commit(p, &mut st, &record)?;
                 self.wake_expiry_if_earlier(deadline_ms);
@@ -848,10 +959,14 @@ impl Engine {
                         status.as_str()
                     )));
                 }
-                self.end(p, &mut st, idx, reason, now_ms)?
+                self.end(p, &mut st, idx, reason, now_ms, keyed)?
             }
         };
-        self.committed_view(&st, idx, ticket)
+        let done = self.committed_view(&st, idx, ticket)?;
+        Ok(Committed {
+            value: (done.value, false),
+            ticket: done.ticket,
+        })
     }
 
     /// Puts `holder` on their province's waiting list (or reports their place if already
@@ -861,6 +976,18 @@ impl Engine {
         &self,
         holder: HolderIdx,
     ) -> Result<Committed<WaitlistPlace>, EngineError> {
+        first_of(self.join_waitlist_keyed(holder, None)?)
+    }
+
+    /// [`Engine::join_waitlist`] under an optional `Idempotency-Key`: a retry with a key seen
+    /// before for a join answers the place the holder got then (`true` beside it), whatever
+    /// happened since; a key seen for another request is refused.
+    pub fn join_waitlist_keyed(
+        &self,
+        holder: HolderIdx,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(WaitlistPlace, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
         let h = self
             .catalog
             .holder_facts(holder)
@@ -875,9 +1002,24 @@ impl Engine {
             province: h.province,
             position: st.waitlist.position(holder).unwrap_or(0),
         };
+        if let Some((_, answer)) = self.key_replay(&st, h.local, key, KeyedOp::Join, now_ms)? {
+            let KeyAnswer::Place { position } = answer else {
+                return Err(EngineError::IdempotencyKeyReused);
+            };
+            return Ok(Committed {
+                value: (
+                    WaitlistPlace {
+                        province: h.province,
+                        position,
+                    },
+                    true,
+                ),
+                ticket: self.ticket_for_staged(p),
+            });
+        }
         if st.waitlist.contains(holder) {
             return Ok(Committed {
-                value: place(&st),
+                value: (place(&st), false),
                 ticket: self.ticket_for_staged(p),
             });
         }
@@ -890,10 +1032,11 @@ impl Engine {
         let record = Record::Join {
             holder,
             at_ms: now_ms,
+            keyed: key_use(KeyOp::Join, key),
         };
         let ticket = self.commit(p, &mut st, &record)?;
         Ok(Committed {
-            value: place(&st),
+            value: (place(&st), false),
             ticket,
         })
     }
@@ -1117,7 +1260,7 @@ impl Engine {
             } else {
                 EndReason::StageExpired
             };
-            match self.end(p, &mut st, idx, reason, now_ms) {
+            match self.end(p, &mut st, idx, reason, now_ms, None) {
                 Ok(t) => ticket = t.or(ticket),
                 Err(e) => {
                     // Not expired after all (the log refused): keep the deadline pending.
@@ -1297,6 +1440,35 @@ fn receipt_day_ranges(catalog: &Catalog) -> Vec<(i32, i32)> {
         .into_iter()
         .map(|(a, b)| if a > b { (0, 0) } else { (a, b) })
         .collect()
+}
+
+/// The key bytes of an optional `Idempotency-Key` (empty for none); refused if longer than
+/// [`IDEMPOTENCY_KEY_BYTES_MAX`].
+fn checked_key(key: Option<&[u8]>) -> Result<&[u8], EngineError> {
+    let key = key.unwrap_or(&[]);
+    if key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(EngineError::InvalidField {
+            field: "Idempotency-Key",
+            message: format!("longer than {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
+        });
+    }
+    Ok(key)
+}
+
+/// The key's use to log with a decision, if a key was given.
+fn key_use(op: KeyOp, key: &[u8]) -> Option<KeyUse> {
+    (!key.is_empty()).then(|| KeyUse {
+        op,
+        key: key.to_vec(),
+    })
+}
+
+/// The answer of a keyed decision without its "replayed" flag.
+fn first_of<T>(decided: Committed<(T, bool)>) -> Result<Committed<T>, EngineError> {
+    Ok(Committed {
+        value: decided.value.0,
+        ticket: decided.ticket,
+    })
 }
 
 /// Each caravan's price group as its rank among the catalog's distinct price groups in sorted

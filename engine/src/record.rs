@@ -5,7 +5,7 @@
 //! layout of each kind is in `docs/wal-format.md`; all integers are little-endian.
 
 use crate::catalog::{CaravanIdx, HolderIdx};
-use crate::model::{EndReason, ReservationId};
+use crate::model::{EndReason, OperatorEvent, ReservationId};
 use crate::season::{Stage, Wave};
 
 /// On-disk marker for "no stage" / "no deadline".
@@ -19,6 +19,54 @@ pub(crate) struct Offer {
     pub id: ReservationId,
     pub holder: HolderIdx,
     pub deadline_ms: i64,
+}
+
+/// What a keyed decision other than a reservation was asked for: a retry with the same
+/// `Idempotency-Key` must ask for the same again to get the original answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyOp {
+    /// The holder cancelled (or declined an offer).
+    Cancel,
+    /// The holder accepted an offer.
+    Accept,
+    /// The holder joined the waiting list.
+    Join,
+    /// An operator reported an event.
+    Event(OperatorEvent),
+}
+
+impl KeyOp {
+    /// The one-byte code on disk: 0 cancel, 1 accept, 2 join, 16 + n the n-th event of
+    /// [`OperatorEvent::ALL`].
+    pub fn code(self) -> u8 {
+        match self {
+            KeyOp::Cancel => 0,
+            KeyOp::Accept => 1,
+            KeyOp::Join => 2,
+            KeyOp::Event(e) => {
+                16 + OperatorEvent::ALL.iter().position(|x| *x == e).unwrap_or(0) as u8
+            }
+        }
+    }
+
+    /// The operation with on-disk code `code`, if and only if it is one.
+    pub fn from_code(code: u8) -> Option<KeyOp> {
+        match code {
+            0 => Some(KeyOp::Cancel),
+            1 => Some(KeyOp::Accept),
+            2 => Some(KeyOp::Join),
+            n => OperatorEvent::ALL
+                .get(usize::from(n.checked_sub(16)?))
+                .map(|e| KeyOp::Event(*e)),
+        }
+    }
+}
+
+/// The `Idempotency-Key` a decision was made under, and what it was asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct KeyUse {
+    pub op: KeyOp,
+    pub key: Vec<u8>,
 }
 
 /// One logged decision.
@@ -41,6 +89,7 @@ pub(crate) enum Record {
         at_ms: i64,
         stage: Option<Stage>,
         deadline_ms: Option<i64>,
+        keyed: Option<KeyUse>,
     },
     /// A reservation ended; its seat went to `offer` or back to the pool.
     End {
@@ -48,9 +97,14 @@ pub(crate) enum Record {
         at_ms: i64,
         reason: EndReason,
         offer: Option<Offer>,
+        keyed: Option<KeyUse>,
     },
     /// A holder joined their province's waiting list.
-    Join { holder: HolderIdx, at_ms: i64 },
+    Join {
+        holder: HolderIdx,
+        at_ms: i64,
+        keyed: Option<KeyUse>,
+    },
     /// The registration schedule was replaced. Written as kind `SCHEDULE_V2`; kind
     /// `SCHEDULE` (before waves had `admits_earlier_receipts`) still decodes, as false.
     Schedule { at_ms: i64, waves: Vec<Wave> },
@@ -67,6 +121,12 @@ pub(crate) mod kind {
     pub const SCHEDULE: u8 = 5;
     /// A schedule whose waves end with a flags byte.
     pub const SCHEDULE_V2: u8 = 6;
+    /// `ADVANCE` made under an `Idempotency-Key`: its payload, then the key's use.
+    pub const ADVANCE_KEYED: u8 = 7;
+    /// `END` made under an `Idempotency-Key`.
+    pub const END_KEYED: u8 = 8;
+    /// `JOIN` made under an `Idempotency-Key`.
+    pub const JOIN_KEYED: u8 = 9;
 }
 
 /// How a wave list is laid out on disk.
@@ -86,9 +146,12 @@ impl Record {
     pub fn kind(&self) -> u8 {
         match self {
             Record::Reserve { .. } => kind::RESERVE,
-            Record::Advance { .. } => kind::ADVANCE,
-            Record::End { .. } => kind::END,
-            Record::Join { .. } => kind::JOIN,
+            Record::Advance { keyed: None, .. } => kind::ADVANCE,
+            Record::Advance { .. } => kind::ADVANCE_KEYED,
+            Record::End { keyed: None, .. } => kind::END,
+            Record::End { .. } => kind::END_KEYED,
+            Record::Join { keyed: None, .. } => kind::JOIN,
+            Record::Join { .. } => kind::JOIN_KEYED,
             Record::Schedule { .. } => kind::SCHEDULE_V2,
         }
     }
@@ -129,17 +192,20 @@ impl Record {
                 at_ms,
                 stage,
                 deadline_ms,
+                keyed,
             } => {
                 put_id(out, *id);
                 put_i64(out, *at_ms);
                 put_stage(out, *stage);
                 put_opt_i64(out, *deadline_ms);
+                put_key_use(out, keyed.as_ref());
             }
             Record::End {
                 id,
                 at_ms,
                 reason,
                 offer,
+                keyed,
             } => {
                 put_id(out, *id);
                 put_i64(out, *at_ms);
@@ -153,10 +219,16 @@ impl Record {
                         put_i64(out, offer.deadline_ms);
                     }
                 }
+                put_key_use(out, keyed.as_ref());
             }
-            Record::Join { holder, at_ms } => {
+            Record::Join {
+                holder,
+                at_ms,
+                keyed,
+            } => {
                 put_u32(out, *holder);
                 put_i64(out, *at_ms);
+                put_key_use(out, keyed.as_ref());
             }
             Record::Schedule { at_ms, waves } => {
                 put_i64(out, *at_ms);
@@ -178,13 +250,14 @@ impl Record {
                 deadline_ms: r.opt_i64()?,
                 idempotency_key: r.bytes()?.to_vec(),
             },
-            kind::ADVANCE => Record::Advance {
+            kind::ADVANCE | kind::ADVANCE_KEYED => Record::Advance {
                 id: r.id(shard)?,
                 at_ms: r.i64()?,
                 stage: r.stage()?,
                 deadline_ms: r.opt_i64()?,
+                keyed: r.key_use(kind == kind::ADVANCE_KEYED)?,
             },
-            kind::END => {
+            kind::END | kind::END_KEYED => {
                 let id = r.id(shard)?;
                 let at_ms = r.i64()?;
                 let code = r.u8()?;
@@ -204,11 +277,13 @@ impl Record {
                     at_ms,
                     reason,
                     offer,
+                    keyed: r.key_use(kind == kind::END_KEYED)?,
                 }
             }
-            kind::JOIN => Record::Join {
+            kind::JOIN | kind::JOIN_KEYED => Record::Join {
                 holder: r.u32()?,
                 at_ms: r.i64()?,
+                keyed: r.key_use(kind == kind::JOIN_KEYED)?,
             },
             kind::SCHEDULE | kind::SCHEDULE_V2 => Record::Schedule {
                 at_ms: r.i64()?,
@@ -285,6 +360,14 @@ pub(crate) fn decode_waves(r: &mut Reader<'_>, layout: WaveLayout) -> Result<Vec
         });
     }
     Ok(waves)
+}
+
+/// A keyed record's tail: `u8 op, bytes key`; nothing for an unkeyed one (its kind says so).
+fn put_key_use(out: &mut Vec<u8>, keyed: Option<&KeyUse>) {
+    if let Some(k) = keyed {
+        out.push(k.op.code());
+        put_bytes(out, &k.key);
+    }
 }
 
 pub(crate) fn put_u16(out: &mut Vec<u8>, v: u16) {
@@ -388,6 +471,19 @@ impl<'a> Reader<'a> {
                 .map(Some)
                 .ok_or_else(|| format!("unknown stage code {code}")),
         }
+    }
+    /// Reads a keyed record's tail if `keyed`, else nothing.
+    pub fn key_use(&mut self, keyed: bool) -> Result<Option<KeyUse>, String> {
+        if !keyed {
+            return Ok(None);
+        }
+        let code = self.u8()?;
+        let op = KeyOp::from_code(code).ok_or_else(|| format!("unknown keyed operation {code}"))?;
+        let key = self.bytes()?.to_vec();
+        if key.is_empty() {
+            return Err("a keyed record with an empty key".into());
+        }
+        Ok(Some(KeyUse { op, key }))
     }
     pub fn bytes(&mut self) -> Result<&'a [u8], String> {
         let len = usize::from(self.u16()?);

@@ -401,3 +401,46 @@ fn the_log_record_count_continues_across_restarts() {
     reserve(&engine, 1003, "b1").unwrap();
     assert_eq!(engine.log_records_total(), Some(3));
 }
+
+#[test]
+fn keys_of_every_keyed_write_survive_restarts_through_the_log_and_a_snapshot() {
+    use miqat_engine::model::OperatorEvent;
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    let id = reserve(&engine, 1000, "a1").unwrap();
+    let holder = engine.catalog().holder_by_national_id(1000).unwrap();
+    let event = engine
+        .operator_event_keyed(id, OperatorEvent::DocumentsReceived, Some(b"e1"))
+        .unwrap();
+    engine.wait(&event).unwrap();
+    let cancel = engine.cancel_outcome(holder, id, Some(b"c1")).unwrap();
+    engine.wait(&cancel).unwrap();
+    let (event_view, cancel_view) = (event.value.0, cancel.value.0);
+    let check = |engine: &Engine| {
+        // Each key answers its own original decision again, and only that one.
+        let again = engine
+            .operator_event_keyed(id, OperatorEvent::DocumentsReceived, Some(b"e1"))
+            .unwrap()
+            .value;
+        assert_eq!(again, (event_view.clone(), true));
+        let again = engine
+            .cancel_outcome(holder, id, Some(b"c1"))
+            .unwrap()
+            .value;
+        assert_eq!(again, (cancel_view.clone(), true));
+        let reused = engine.join_waitlist_keyed(holder, Some(b"e1")).unwrap_err();
+        assert_eq!(reused.code(), "idempotency_key_reused");
+    };
+    check(&engine);
+    drop(engine);
+    storage.crash();
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert_eq!(report.records_replayed, 3, "replayed from the log");
+    check(&engine);
+    engine.snapshot().unwrap();
+    drop(engine);
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert_eq!(report.records_replayed, 0, "restored from the snapshot");
+    check(&engine);
+}

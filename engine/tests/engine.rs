@@ -244,7 +244,11 @@ fn cancel_frees_the_seat_and_only_the_owner_sees_the_reservation() {
     assert_eq!(w.free("a2"), 1);
     // A repeated cancel answers the cancelled reservation again and decides nothing.
     w.clock.advance(1_000);
-    let again = w.engine.cancel_outcome(w.holder(1000), id).unwrap().value;
+    let again = w
+        .engine
+        .cancel_outcome(w.holder(1000), id, None)
+        .unwrap()
+        .value;
     assert_eq!(again, (v.clone(), true));
     assert_eq!(w.free("a2"), 1);
     w.reserve(1001, "a2").unwrap();

@@ -560,12 +560,25 @@ fn caravan_sizes(seats: u64, count: u64, rng: &mut ChaCha8Rng) -> Vec<u64> {
     sizes
 }
 
-/// Moves a province whose share cannot be split into caravans of 115-160 seats (1-114,
+/// Moves every province whose share cannot be split into caravans of 115-160 seats (1-114,
 /// 161-229 or 321-344 seats) to the nearest total that can (one caravan at least), taking the
 /// difference from (or giving it to) the largest province, so the national total stays exact
-/// and every province's caravans fit the contract. Where the largest province cannot give
-/// enough (data sets of a few thousand seats), the share is left as it is.
+/// and every province's caravans fit the contract. If that cannot fit every province (data
+/// sets of a few thousand seats), the proportional shares are kept as they are: a few
+/// provinces then get a caravan outside the range rather than a distorted share.
 fn fit_province_totals(province_seats: &mut [u64]) {
+    let mut fitted = province_seats.to_vec();
+    fit_each_province(&mut fitted);
+    if fitted
+        .iter()
+        .all(|&seats| seats == 0 || caravan_count(seats).is_some())
+    {
+        province_seats.copy_from_slice(&fitted);
+    }
+}
+
+/// The moves of [`fit_province_totals`], each made only if the largest province can give.
+fn fit_each_province(province_seats: &mut [u64]) {
     let Some(largest) = (0..province_seats.len()).max_by_key(|&p| province_seats[p]) else {
         return;
     };
@@ -598,8 +611,8 @@ fn fit_province_totals(province_seats: &mut [u64]) {
 /// A province's seats are split as a whole into caravans of 115-160 ([`caravan_count`],
 /// [`caravan_sizes`]) and the caravans shared among its cities in proportion to the seats
 /// [`province_cities`] gave them, so the province's total stays exact and every caravan is in
-/// the contract's range. Only a province whose total [`fit_province_totals`] could not fit
-/// (in data sets of a few thousand seats) keeps its cities' seats and splits each city by
+/// the contract's range. Only a province whose total could not be fitted (in data sets too
+/// small for [`fit_province_totals`]) keeps its cities' seats and splits each city by
 /// [`split_caravans`].
 fn caravans_by_city(
     province_seats: &[u64],

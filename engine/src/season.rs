@@ -86,21 +86,26 @@ impl Wave {
             .is_none_or(|ids| ids.contains(&province_id))
     }
 
-    /// The smallest public province id both waves open for (`None` for "every province" on
-    /// both sides), or `Err(())` if they share no province.
-    fn shared_province(&self, other: &Wave) -> Result<Option<u32>, ()> {
+    /// Where both waves open.
+    fn overlap(&self, other: &Wave) -> Overlap {
+        let smallest =
+            |ids: &mut dyn Iterator<Item = u32>| ids.min().map_or(Overlap::None, Overlap::Province);
         match (&self.provinces, &other.provinces) {
-            (None, None) => Ok(None),
-            (Some(ids), None) | (None, Some(ids)) => ids.iter().min().copied().map(Some).ok_or(()),
-            (Some(a), Some(b)) => a
-                .iter()
-                .filter(|id| b.contains(id))
-                .min()
-                .copied()
-                .map(Some)
-                .ok_or(()),
+            (None, None) => Overlap::Everywhere,
+            (Some(ids), None) | (None, Some(ids)) => smallest(&mut ids.iter().copied()),
+            (Some(a), Some(b)) => smallest(&mut a.iter().copied().filter(|id| b.contains(id))),
         }
     }
+}
+
+/// Where two waves both open.
+enum Overlap {
+    /// Both open in every province.
+    Everywhere,
+    /// They share provinces; this is the smallest public id among them.
+    Province(u32),
+    /// They share no province.
+    None,
 }
 
 /// Whether a new schedule may open a wider cutoff before a narrower one.
@@ -217,8 +222,10 @@ impl Schedule {
                 {
                     continue;
                 }
-                let Ok(province_id) = narrow.shared_province(wide) else {
-                    continue;
+                let province_id = match narrow.overlap(wide) {
+                    Overlap::None => continue,
+                    Overlap::Everywhere => None,
+                    Overlap::Province(id) => Some(id),
                 };
                 let place = province_id.map_or("in every province".to_owned(), |id| {
                     format!("in province {id}")

@@ -189,7 +189,10 @@ impl CaravanSummary {
     }
 }
 
-/// A registration wave.
+/// A registration wave. A receipt is *called* by the first wave of its province whose
+/// `receipts_until` covers it (the smallest such cutoff; several waves with that cutoff all
+/// call it), and its holder may register once a wave calling them has opened, or a wave of
+/// the province whose cutoff covers the receipt and that `admits_earlier_receipts` has.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaveDto {
@@ -206,6 +209,10 @@ pub struct WaveDto {
     /// Province ids this wave opens; absent or null for every province.
     #[serde(default)]
     pub provinces: Option<Vec<u32>>,
+    /// Whether this wave also admits receipts that a wave with an earlier cutoff calls, even
+    /// before that wave opens (optional on input, default false).
+    #[serde(default)]
+    pub admits_earlier_receipts: bool,
 }
 
 impl WaveDto {
@@ -217,6 +224,7 @@ impl WaveDto {
             opens_at: format_rfc3339_utc(wave.opens_at_ms),
             opens_at_jalali: format_tehran_jalali(wave.opens_at_ms),
             provinces: wave.provinces.clone(),
+            admits_earlier_receipts: wave.admits_earlier_receipts,
         }
     }
 }
@@ -259,9 +267,11 @@ pub struct Stats {
     pub waiting: u64,
     /// Deadlines expired since start.
     pub expirations: u64,
-    /// Log records written since start.
+    /// Records in the write-ahead log since it was created (its last LSN), restarts included.
     pub log_records: u64,
-    /// Log fsyncs since start.
+    /// Log records written by this process (since it started).
+    pub log_records_since_start: u64,
+    /// Log fsyncs by this process (since it started; fsyncs are not logged).
     pub log_fsyncs: u64,
 }
 

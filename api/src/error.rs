@@ -30,13 +30,16 @@ pub struct Problem {
     /// `registration_not_open`: the same instant in Tehran wall clock (Jalali).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opens_at_jalali: Option<String>,
-    /// `caravan_full`, `seats_available`: caravans of the holder's city with free seats.
+    /// `caravan_full`, `seats_available`: up to five caravans of the holder's city with free
+    /// seats; for `caravan_full` the closest to the one asked for first (same route, then
+    /// nearest price group, then nearest departure), equally close ones in an order of the
+    /// holder's own so that refused holders are spread over them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alternatives: Option<Vec<CaravanSummary>>,
     /// `already_reserved`: the holder's live reservation; `registration_ended`: the ended one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reservation_id: Option<String>,
-    /// `invalid_field`: the offending field.
+    /// `invalid_field`: the offending field; `schedule_out_of_order`: `waves`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// `invalid_transition`: where the reservation stands.
@@ -273,6 +276,11 @@ fn engine_problem(
         EngineError::InvalidField { field, message } => {
             set(p, "Invalid field", code, &format!("{field}: {message}"));
             p.field = Some((*field).to_owned());
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        EngineError::ScheduleOutOfOrder { .. } => {
+            set(p, "Schedule out of order", code, &detail);
+            p.field = Some("waves".to_owned());
             StatusCode::UNPROCESSABLE_ENTITY
         }
         EngineError::Overloaded => {

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use miqat_engine::calendar::{JalaliDate, parse_national_id, parse_tehran_datetime};
 use miqat_engine::catalog::{CaravanIdx, HolderIdx, Route};
 use miqat_engine::model::{OperatorEvent, ReservationId, Status};
-use miqat_engine::season::Wave;
+use miqat_engine::season::{Wave, WaveOrder};
 use miqat_engine::{EngineError, ReservationFilter};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -143,6 +143,15 @@ fn reservation_json(state: &AppState, view: &miqat_engine::model::ReservationVie
 }
 
 /// `GET /v1/waves`: the registration schedule in force.
+///
+/// Which wave admits which holder: only the waves that include the holder's province count. A
+/// receipt is *called* by the wave(s) with the smallest `receipts_until` on or after the
+/// receipt's date (the first wave whose cutoff covers it). The holder may reserve or join the
+/// waiting list once a wave that calls them has opened, or once a wave of the province whose
+/// cutoff covers the receipt and that has `admits_earlier_receipts: true` has opened. Before
+/// that, `403 registration_not_open` carries the earliest such opening; a receipt no wave of
+/// the province covers gets `403 not_called`. Postponing the main wave therefore closes
+/// registration for main-wave receipts even while a reserve wave is open.
 #[utoipa::path(get, path = "/v1/waves", tag = "public",
     responses((status = 200, body = [WaveDto])))]
 pub async fn waves(State(state): State<AppState>) -> Result<Json<Vec<WaveDto>>, ApiError> {
@@ -311,16 +320,7 @@ pub async fn reserve(
         .catalog()
         .caravan_by_id(body.caravan_id.trim())
         .ok_or(ApiError::Engine(EngineError::CaravanNotFound, None))?;
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) if v.is_empty() => {
-            return Err(ApiError::InvalidField {
-                field: "Idempotency-Key".into(),
-                message: "must not be empty".into(),
-            });
-        }
-        Some(v) => Some(v.as_bytes()),
-    };
+    let key = idempotency_key(&headers)?;
     // The decision is made and logged in one synchronous call: a client that goes away while
     // waiting below cannot leave it half-made, and a retry with its key finds it.
     let decided = match engine.reserve(holder, caravan, key) {
@@ -349,12 +349,41 @@ pub async fn reserve(
     {
         response.headers_mut().insert(header::LOCATION, location);
     }
-    if outcome.replayed {
+    mark_replayed(&mut response, outcome.replayed);
+    Ok(response)
+}
+
+/// The optional `Idempotency-Key` header every write takes; an empty one is refused (an
+/// oversized one is refused by the engine).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&[u8]>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Err(ApiError::InvalidField {
+            field: "Idempotency-Key".into(),
+            message: "must not be empty".into(),
+        }),
+        Some(v) => Ok(Some(v.as_bytes())),
+    }
+}
+
+/// Marks an answer that repeats an earlier decision instead of making a new one.
+fn mark_replayed(response: &mut Response, replayed: bool) {
+    if replayed {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    Ok(response)
+}
+
+/// The reservation of a keyed write as JSON, marked if it was replayed.
+fn replayable(
+    state: &AppState,
+    status: StatusCode,
+    (view, replayed): (miqat_engine::model::ReservationView, bool),
+) -> Response {
+    let mut response = (status, Json(reservation_json(state, &view))).into_response();
+    mark_replayed(&mut response, replayed);
+    response
 }
 
 /// `GET /v1/reservations/{id}`: the holder's own reservation (credentials in headers).
@@ -378,28 +407,31 @@ pub async fn get_reservation(
 }
 
 /// `DELETE /v1/reservations/{id}`: cancel (or decline an offer); the seat goes to the
-/// waiting list.
+/// waiting list. Idempotent: cancelling a reservation the holder already cancelled answers
+/// 200 with it again (header `idempotent-replayed: true`); one that expired or was rejected
+/// answers `409 invalid_transition`.
 #[utoipa::path(delete, path = "/v1/reservations/{id}", tag = "applicant",
-    params(("id" = String, Path), ("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header)),
+    params(("id" = String, Path), ("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes: a retry with it gets the original answer (header `idempotent-replayed: true`); reused for another request: 422 `idempotency_key_reused`")),
     responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem)))]
 pub async fn cancel(
     State(state): State<AppState>,
     PathId(id): PathId,
     headers: HeaderMap,
-) -> Result<Json<Reservation>, ApiError> {
+) -> Result<Response, ApiError> {
     let holder = header_credentials(&state, &headers)?;
     let id = reservation_id(&id)?;
     let engine = state.engine()?;
-    let decided = engine.cancel(holder, id)?;
+    let decided = engine.cancel_outcome(holder, id, idempotency_key(&headers)?)?;
     engine.durable(decided.ticket).await?;
-    Ok(Json(reservation_json(&state, &decided.value)))
+    Ok(replayable(&state, StatusCode::OK, decided.value))
 }
 
 /// `POST /v1/reservations/{id}/accept`: accept a waiting-list offer (credentials in the body,
 /// or in the headers when the body is empty).
 #[utoipa::path(post, path = "/v1/reservations/{id}/accept", tag = "applicant",
-    params(("id" = String, Path)), request_body = Option<Credentials>,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes: a retry with it gets the original answer (header `idempotent-replayed: true`); reused for another request: 422 `idempotency_key_reused`")), request_body = Option<Credentials>,
     responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem)))]
 pub async fn accept(
@@ -407,7 +439,7 @@ pub async fn accept(
     PathId(id): PathId,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<Json<Reservation>, ApiError> {
+) -> Result<Response, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge(crate::BODY_BYTES_MAX)
@@ -423,9 +455,9 @@ pub async fn accept(
     };
     let id = reservation_id(&id)?;
     let engine = state.engine()?;
-    let decided = engine.accept_offer(holder, id)?;
+    let decided = engine.accept_offer_keyed(holder, id, idempotency_key(&headers)?)?;
     engine.durable(decided.ticket).await?;
-    Ok(Json(reservation_json(&state, &decided.value)))
+    Ok(replayable(&state, StatusCode::OK, decided.value))
 }
 
 fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -435,24 +467,29 @@ fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 /// `POST /v1/waitlist`: join the province's waiting list (only once the holder's city has no
 /// free seat).
 #[utoipa::path(post, path = "/v1/waitlist", tag = "applicant", request_body = Credentials,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes: a retry with it gets the original answer (header `idempotent-replayed: true`); reused for another request: 422 `idempotency_key_reused`")),
     responses((status = 201, body = WaitlistPlace), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 409, body = Problem)))]
 pub async fn join_waitlist(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Credentials>,
 ) -> Result<Response, ApiError> {
     let holder = authenticate(&state, &body.national_id, &body.tracking_code)?;
     let engine = state.engine()?;
     let decided = engine
-        .join_waitlist(holder)
+        .join_waitlist_keyed(holder, idempotency_key(&headers)?)
         .map_err(|e| refusal(&state, e))?;
     engine.durable(decided.ticket).await?;
+    let (joined, replayed) = decided.value;
     let place = WaitlistPlace {
-        province_id: engine.catalog().provinces()[usize::from(decided.value.province)].id,
-        position: Some(decided.value.position),
+        province_id: engine.catalog().provinces()[usize::from(joined.province)].id,
+        position: Some(joined.position),
         offer: None,
     };
-    Ok((StatusCode::CREATED, Json(place)).into_response())
+    let mut response = (StatusCode::CREATED, Json(place)).into_response();
+    mark_replayed(&mut response, replayed);
+    Ok(response)
 }
 
 /// `GET /v1/waitlist/me`: the holder's position, or their open offer.
@@ -502,7 +539,7 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 /// `POST /v1/reservations/{id}/events` (operator): complete the pending stage, or end the
 /// registration (`medical_rejected`, `deceased`).
 #[utoipa::path(post, path = "/v1/reservations/{id}/events", tag = "operator",
-    params(("id" = String, Path)), request_body = EventRequest, security(("bearer" = [])),
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes: a retry with it gets the original answer (header `idempotent-replayed: true`); reused for another request: 422 `idempotency_key_reused`")), request_body = EventRequest, security(("bearer" = [])),
     responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn event(
@@ -510,7 +547,7 @@ pub async fn event(
     PathId(id): PathId,
     headers: HeaderMap,
     ApiJson(body): ApiJson<EventRequest>,
-) -> Result<Json<Reservation>, ApiError> {
+) -> Result<Response, ApiError> {
     operator(&state, &headers)?;
     let kind = OperatorEvent::parse(body.kind.trim()).ok_or_else(|| ApiError::InvalidField {
         field: "kind".into(),
@@ -518,9 +555,9 @@ pub async fn event(
     })?;
     let id = reservation_id(&id)?;
     let engine = state.engine()?;
-    let decided = engine.operator_event(id, kind)?;
+    let decided = engine.operator_event_keyed(id, kind, idempotency_key(&headers)?)?;
     engine.durable(decided.ticket).await?;
-    Ok(Json(reservation_json(&state, &decided.value)))
+    Ok(replayable(&state, StatusCode::OK, decided.value))
 }
 
 /// Filters and paging of the operator's reservation list.
@@ -661,22 +698,50 @@ pub async fn admin_stats(
         },
         waiting: s.waiting,
         expirations: s.expirations,
-        log_records: wal.records_written,
+        log_records: engine.log_records_total().unwrap_or(0),
+        log_records_since_start: wal.records_written,
         log_fsyncs: wal.fsyncs,
     }))
 }
 
+/// Options of `PUT /v1/admin/waves`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WavesQuery {
+    /// `true`: accept a schedule in which, in some province, a wave with a wider cutoff opens
+    /// before a wave with a narrower cutoff (refused by default with
+    /// `422 schedule_out_of_order`).
+    pub allow_wider_cutoff_first: Option<bool>,
+}
+
 /// `PUT /v1/admin/waves` (operator): replace the schedule (a postponement); logged, and it
 /// survives restarts.
+///
+/// A schedule that, in some province, opens a wave with a wider cutoff strictly before a wave
+/// with a narrower cutoff is refused with `422 schedule_out_of_order` (the detail names both
+/// waves, their openings and the province) unless `?allow_wider_cutoff_first=true`: moving
+/// only the main wave into the future must not leave main-wave receipts waiting while the
+/// reserve wave takes later ones. Other defects answer `422 invalid_field`.
 #[utoipa::path(put, path = "/v1/admin/waves", tag = "operator", request_body = [WaveDto],
-    security(("bearer" = [])),
-    responses((status = 200, body = [WaveDto]), (status = 401, body = Problem), (status = 422, body = Problem)))]
+    params(WavesQuery), security(("bearer" = [])),
+    responses((status = 200, body = [WaveDto]), (status = 401, body = Problem),
+        (status = 422, description = "`invalid_field`, or `schedule_out_of_order`", body = Problem)))]
 pub async fn replace_waves(
     State(state): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<WavesQuery>, axum::extract::rejection::QueryRejection>,
     ApiJson(body): ApiJson<Vec<WaveDto>>,
 ) -> Result<Json<Vec<WaveDto>>, ApiError> {
     operator(&state, &headers)?;
+    let Query(query) = query.map_err(|e| ApiError::InvalidField {
+        field: "query".into(),
+        message: e.body_text(),
+    })?;
+    let order = if query.allow_wider_cutoff_first == Some(true) {
+        WaveOrder::AllowWiderCutoffFirst
+    } else {
+        WaveOrder::Strict
+    };
     let mut waves = Vec::with_capacity(body.len());
     for (i, w) in body.iter().enumerate() {
         let field = |name: &str| format!("[{i}].{name}");
@@ -701,10 +766,11 @@ pub async fn replace_waves(
             receipts_until_day: receipts.to_day_number(),
             opens_at_ms,
             provinces: w.provinces.clone(),
+            admits_earlier_receipts: w.admits_earlier_receipts,
         });
     }
     let engine = state.engine()?;
-    let decided = engine.replace_schedule(waves)?;
+    let decided = engine.replace_schedule_with(waves, order)?;
     engine.durable(decided.ticket).await?;
     tracing::info!(waves = body.len(), "schedule replaced by an operator");
     Ok(Json(

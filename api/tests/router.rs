@@ -174,6 +174,7 @@ fn season_opening_at(opens_at_ms: i64) -> Season {
                 receipts_until_day: CUTOFF_DAY,
                 opens_at_ms,
                 provinces: None,
+                admits_earlier_receipts: false,
             }],
         },
         stages: vec![
@@ -627,6 +628,7 @@ async fn waves_lists_the_schedule_with_rfc3339_and_jalali_times() {
     assert_jalali_wall_clock(&wave["opens_at_jalali"]);
     assert_eq!(wave["opens_at_jalali"], format_tehran_jalali(T0));
     assert!(wave["provinces"].is_null());
+    assert_eq!(wave["admits_earlier_receipts"], false);
 }
 
 #[tokio::test]
@@ -1521,6 +1523,147 @@ async fn an_empty_or_oversized_key_is_422() {
 // Applicant reads and changes
 // ------------------------------------------------------------------------------------------
 
+/// `method uri` with a JSON `body`, extra `headers` and an `Idempotency-Key`.
+async fn keyed(
+    fx: &Fx,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    key: &str,
+    body: Option<&str>,
+) -> Resp {
+    let mut all = headers.to_vec();
+    all.push(("idempotency-key", key));
+    fx.send(method, uri, &all, body).await
+}
+
+/// Checks that `again` repeats `first`: the same status and body, marked as replayed.
+#[track_caller]
+fn assert_replayed(first: &Resp, again: &Resp) {
+    assert_eq!(again.status, first.status, "{}", again.text);
+    assert_eq!(again.body, first.body);
+    assert!(first.header("idempotent-replayed").is_none());
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+}
+
+#[tokio::test]
+async fn every_write_replays_its_original_answer_for_the_same_key() {
+    let fx = Fx::new();
+    let auth = format!("Bearer {TOKEN}");
+    let operator = [("authorization", auth.as_str())];
+    // Waiting-list join: the place the holder got, even after the list moved on.
+    let first = fx.reserve_ok(&b(0), "b1").await;
+    let join = |h: Holder| {
+        let fx = &fx;
+        async move {
+            keyed(
+                fx,
+                Method::POST,
+                "/v1/waitlist",
+                &[],
+                "join-1",
+                Some(&creds_body(&h)),
+            )
+            .await
+        }
+    };
+    let joined = join(b(1)).await;
+    assert_eq!(joined.status, StatusCode::CREATED, "{}", joined.text);
+    assert_eq!(joined.body["position"], 1);
+    assert_eq!(fx.join(&b(2)).await.status, StatusCode::CREATED);
+
+    // Cancel: the same answer for the same key, the seat freed once.
+    let uri = format!("/v1/reservations/{first}");
+    let cancelled = keyed(&fx, Method::DELETE, &uri, &creds(&b(0)), "cancel-1", None).await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text);
+    fx.clock.advance(1_000);
+    let again = keyed(&fx, Method::DELETE, &uri, &creds(&b(0)), "cancel-1", None).await;
+    assert_replayed(&cancelled, &again);
+    // The same key for another request of the holder's is refused.
+    let r = keyed(
+        &fx,
+        Method::POST,
+        "/v1/waitlist",
+        &[],
+        "cancel-1",
+        Some(&creds_body(&b(0))),
+    )
+    .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+
+    // b(1) was offered the seat and has left the list; the join retry still answers 201 at
+    // place 1, as the first time.
+    assert_replayed(&joined, &join(b(1)).await);
+
+    // Accept: replayed after the offer became a hold (a plain retry would be 409).
+    let offer = fx.waitlist_me(&b(1)).await.body["offer"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uri = format!("/v1/reservations/{offer}/accept");
+    let body = creds_body(&b(1));
+    let accepted = keyed(&fx, Method::POST, &uri, &[], "accept-1", Some(&body)).await;
+    assert_eq!(accepted.status, StatusCode::OK, "{}", accepted.text);
+    assert_eq!(accepted.body["status"], "held");
+    fx.clock.advance(1_000);
+    assert_replayed(
+        &accepted,
+        &keyed(&fx, Method::POST, &uri, &[], "accept-1", Some(&body)).await,
+    );
+    let r = fx.accept(&b(1), &offer).await;
+    assert_problem(&r, StatusCode::CONFLICT, "invalid_transition");
+
+    // Operator event: replayed after the hold moved on; another event under the key is 422.
+    let uri = format!("/v1/reservations/{offer}/events");
+    let documents = json!({"kind": "documents_received"}).to_string();
+    let done = keyed(
+        &fx,
+        Method::POST,
+        &uri,
+        &operator,
+        "event-1",
+        Some(&documents),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    assert_eq!(done.body["stage"], "first_payment");
+    let paid = json!({"kind": "first_payment_received"}).to_string();
+    assert_eq!(
+        keyed(&fx, Method::POST, &uri, &operator, "event-2", Some(&paid))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_replayed(
+        &done,
+        &keyed(
+            &fx,
+            Method::POST,
+            &uri,
+            &operator,
+            "event-1",
+            Some(&documents),
+        )
+        .await,
+    );
+    let r = keyed(&fx, Method::POST, &uri, &operator, "event-1", Some(&paid)).await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+    // Empty and oversized keys are refused on these writes too.
+    let r = keyed(&fx, Method::POST, &uri, &operator, "", Some(&paid)).await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    let long = "k".repeat(256);
+    let r = keyed(&fx, Method::POST, &uri, &operator, &long, Some(&paid)).await;
+    assert_problem(&r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+}
+
 #[tokio::test]
 async fn own_reservation_reads_and_someone_elses_is_404_like_a_missing_one() {
     let fx = Fx::new();
@@ -1618,7 +1761,7 @@ async fn applicant_reads_need_credentials_in_the_headers() {
 }
 
 #[tokio::test]
-async fn cancel_answers_cancelled_frees_the_seat_and_a_second_cancel_is_409() {
+async fn cancel_answers_cancelled_frees_the_seat_and_a_second_cancel_answers_it_again() {
     let fx = Fx::new();
     let id = fx.reserve_ok(&b(0), "b1").await;
     assert_eq!(fx.seats_free("b1").await, 0);
@@ -1633,9 +1776,19 @@ async fn cancel_answers_cancelled_frees_the_seat_and_a_second_cancel_is_409() {
     assert_eq!(r.body["created_at"], format_rfc3339_utc(T0));
     assert_eq!(fx.seats_free("b1").await, 1);
 
+    assert!(r.header("idempotent-replayed").is_none());
+    let first = r.body;
+
+    // A retried cancel answers the same cancelled reservation, and frees nothing twice.
+    fx.clock.advance(1_000);
     let r = fx.cancel(&b(0), &id).await;
-    assert_problem(&r, StatusCode::CONFLICT, "invalid_transition");
-    assert_eq!(r.body["reservation_status"], "cancelled");
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body, first);
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(fx.seats_free("b1").await, 1);
+    // Someone else's cancelled reservation is still not found.
+    let r = fx.cancel(&b(1), &id).await;
+    assert_problem(&r, StatusCode::NOT_FOUND, "reservation_not_found");
     // The holder can still read it.
     let r = fx
         .as_holder(Method::GET, &format!("/v1/reservations/{id}"), &b(0))
@@ -1652,6 +1805,9 @@ async fn a_cancel_past_the_deadline_finds_the_reservation_expired() {
     assert_problem(&r, StatusCode::CONFLICT, "invalid_transition");
     assert_eq!(r.body["reservation_status"], "expired");
     assert_eq!(fx.seats_free("b1").await, 1);
+    // Still 409 when retried: an expired reservation was not cancelled by the holder.
+    let r = fx.cancel(&b(0), &id).await;
+    assert_problem(&r, StatusCode::CONFLICT, "invalid_transition");
     let r = fx
         .as_holder(Method::GET, &format!("/v1/reservations/{id}"), &b(0))
         .await;
@@ -1684,7 +1840,10 @@ async fn the_waiting_list_is_joined_only_once_the_city_is_full() {
     // City A of the same province still has seats.
     let r = fx.join(&a(0)).await;
     assert_problem(&r, StatusCode::CONFLICT, "seats_available");
-    assert_eq!(ids_of(&r.body["alternatives"]), ["a1", "a2"]);
+    // In an order of the holder's own (spread over holders), so compared as a set.
+    let mut ids = ids_of(&r.body["alternatives"]);
+    ids.sort();
+    assert_eq!(ids, ["a1", "a2"]);
     // A holder with a seat cannot wait.
     let r = fx.join(&b(0)).await;
     assert_problem(&r, StatusCode::CONFLICT, "already_reserved");
@@ -2044,6 +2203,10 @@ async fn medical_rejection_rejects_and_frees_the_seat_for_the_waiting_list() {
     assert_eq!(r.body["status"], "cancelled");
     assert_eq!(r.body["end_reason"], "deceased");
     assert_eq!(fx.seats_free("c1").await, 2);
+    // Cancelled, but not by the holder: a cancel is not a retry of anything, so it is 409.
+    let r = fx.cancel(&c(1), &id).await;
+    assert_problem(&r, StatusCode::CONFLICT, "invalid_transition");
+    assert_eq!(r.body["reservation_status"], "cancelled");
 }
 
 #[tokio::test]
@@ -2254,6 +2417,7 @@ async fn admin_stats_count_seats_and_reservations() {
             "waiting": 0,
             "expirations": 0,
             "log_records": 0,
+            "log_records_since_start": 0,
             "log_fsyncs": 0,
         })
     );
@@ -2371,6 +2535,162 @@ async fn the_schedule_read_from_get_waves_can_be_put_back() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body[0]["opens_at"], format_rfc3339_utc(later));
+}
+
+/// The generated season's shape: `main` for receipts up to day 105 (city A's a(0)..a(5)),
+/// `reserve` up to [`CUTOFF_DAY`] (city B's holders, days 110..114).
+fn main_and_reserve(main_opens: i64, reserve_opens: i64, reserve_admits: Option<bool>) -> Value {
+    let mut reserve = json!({"name": "reserve", "receipts_until": jalali_day(CUTOFF_DAY),
+                             "opens_at": format_rfc3339_utc(reserve_opens)});
+    if let Some(admits) = reserve_admits {
+        reserve["admits_earlier_receipts"] = json!(admits);
+    }
+    json!([
+        {"name": "main", "receipts_until": jalali_day(105), "opens_at": format_rfc3339_utc(main_opens)},
+        reserve,
+    ])
+}
+
+#[tokio::test]
+async fn postponing_only_the_main_wave_is_422_schedule_out_of_order() {
+    let fx = Fx::new();
+    let later = T0 + 86_400_000;
+    let body = main_and_reserve(later, T0, None).to_string();
+    let r = fx
+        .as_operator(Method::PUT, "/v1/admin/waves", Some(&body))
+        .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "schedule_out_of_order",
+    );
+    let detail = r.body["detail"].as_str().unwrap();
+    for words in [
+        "\"main\"",
+        "\"reserve\"",
+        "in every province",
+        &format_tehran_jalali(later),
+        &format_tehran_jalali(T0),
+    ] {
+        assert!(detail.contains(words), "{detail:?} lacks {words}");
+    }
+    // Nothing changed: the one original wave is in force.
+    let r = fx.get("/v1/waves").await;
+    assert_eq!(r.body.as_array().unwrap().len(), 1);
+    // `false` is the default.
+    let r = fx
+        .as_operator(
+            Method::PUT,
+            "/v1/admin/waves?allow_wider_cutoff_first=false",
+            Some(&body),
+        )
+        .await;
+    assert_problem(
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "schedule_out_of_order",
+    );
+    // Moving the whole schedule keeps it in order and is accepted.
+    let body = main_and_reserve(later, later + 1_000, None).to_string();
+    let r = fx
+        .as_operator(Method::PUT, "/v1/admin/waves", Some(&body))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+#[tokio::test]
+async fn an_explicit_override_accepts_it_and_main_receipts_still_wait_for_main() {
+    let fx = Fx::new();
+    let later = T0 + 86_400_000;
+    let body = main_and_reserve(later, T0, None).to_string();
+    let r = fx
+        .as_operator(
+            Method::PUT,
+            "/v1/admin/waves?allow_wider_cutoff_first=true",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body[1]["admits_earlier_receipts"], false);
+    // a(0) is called by main: not open, though reserve is; b(0) is called by reserve.
+    let r = fx.reserve(&a(0), "a1").await;
+    assert_problem(&r, StatusCode::FORBIDDEN, "registration_not_open");
+    assert_eq!(r.body["opens_at"], format_rfc3339_utc(later));
+    fx.reserve_ok(&b(0), "b1").await;
+    let r = fx.reserve(&late(), "a1").await;
+    assert_problem(&r, StatusCode::FORBIDDEN, "not_called");
+
+    // A reserve wave that admits earlier receipts lets a(0) in at once.
+    let body = main_and_reserve(later, T0, Some(true)).to_string();
+    let r = fx
+        .as_operator(
+            Method::PUT,
+            "/v1/admin/waves?allow_wider_cutoff_first=true",
+            Some(&body),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = fx.get("/v1/waves").await;
+    assert_eq!(r.body[1]["admits_earlier_receipts"], true);
+    assert_eq!(r.body[0]["admits_earlier_receipts"], false);
+    fx.reserve_ok(&a(0), "a1").await;
+}
+
+#[tokio::test]
+async fn admin_stats_log_counters_continue_after_a_restart() {
+    use miqat_engine::wal::{MemStorage, Storage};
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let start = || {
+        let catalog = catalog();
+        let storage: Arc<dyn Storage> = Arc::new(storage.clone());
+        let (engine, _) = Engine::open(
+            Arc::clone(&catalog),
+            season_opening_at(T0),
+            Arc::new(clock.clone()),
+            storage,
+            EngineConfig::default(),
+        )
+        .unwrap();
+        let state = AppState::new(catalog, config(), None);
+        state.set_engine(Arc::clone(&engine));
+        Fx {
+            app: app(state),
+            engine,
+            clock: clock.clone(),
+        }
+    };
+    let stats = |fx: &Fx| {
+        let fx_app = fx.app.clone();
+        async move {
+            let auth = format!("Bearer {TOKEN}");
+            let r = send(
+                &fx_app,
+                Method::GET,
+                "/v1/admin/stats",
+                &[("authorization", &auth)],
+                None,
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            r.body
+        }
+    };
+    let fx = start();
+    fx.reserve_ok(&a(0), "a1").await;
+    let id = fx.reserve_ok(&b(0), "b1").await;
+    assert_eq!(fx.cancel(&b(0), &id).await.status, StatusCode::OK);
+    let before = stats(&fx).await;
+    assert_eq!(before["log_records"], 3);
+    assert_eq!(before["log_records_since_start"], 3);
+    fx.engine.shutdown().unwrap();
+    drop(fx);
+    let fx = start();
+    let after = stats(&fx).await;
+    assert_eq!(after["log_records"], 3, "{after}");
+    assert_eq!(after["log_records_since_start"], 0, "{after}");
+    fx.reserve_ok(&a(1), "a1").await;
+    assert_eq!(stats(&fx).await["log_records"], 4);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -94,6 +94,7 @@ pub fn open_season() -> Season {
                 receipts_until_day: i32::MAX,
                 opens_at_ms: 0,
                 provinces: None,
+                admits_earlier_receipts: false,
             }],
         },
         ..Season::default()

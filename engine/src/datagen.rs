@@ -309,11 +309,13 @@ pub fn generate(
         .iter()
         .map(|p| p.population as f64 * p.propensity)
         .collect();
-    let province_seats = largest_remainder(config.seats, &weights);
+    let mut province_seats = largest_remainder(config.seats, &weights);
+    fit_province_totals(&mut province_seats);
     let mut cities = Vec::new();
     for (index, province) in provinces.iter().enumerate() {
         cities.extend(province_cities(index, province, province_seats[index]));
     }
+    let capacities = caravans_by_city(&province_seats, &mut cities, &mut rng);
     spread_holders(config.holders, &province_seats, &mut cities);
 
     let mut report = GenReport {
@@ -326,7 +328,7 @@ pub fn generate(
     };
     write_provinces(out_dir, &provinces, &province_seats)?;
     progress(&format!("provinces.csv: {} provinces", provinces.len()));
-    let (caravans, seats) = write_caravans(out_dir, &provinces, &cities, &mut rng)?;
+    let (caravans, seats) = write_caravans(out_dir, &provinces, &cities, &capacities, &mut rng)?;
     report.caravans = caravans;
     report.seats = seats;
     progress(&format!("caravans.csv: {caravans} caravans, {seats} seats"));
@@ -378,12 +380,14 @@ fn build_season(opens_at: &str) -> Result<Season, GenError> {
                     receipts_until_day: cutoff(1386, 1, 31)?,
                     opens_at_ms: main_ms,
                     provinces: None,
+                    admits_earlier_receipts: false,
                 },
                 Wave {
                     name: "reserve".to_owned(),
                     receipts_until_day: cutoff(1386, 2, 15)?,
                     opens_at_ms: reserve_ms,
                     provinces: None,
+                    admits_earlier_receipts: false,
                 },
             ],
         },
@@ -513,10 +517,132 @@ fn spread_holders(holders: u64, province_seats: &[u64], cities: &mut [GenCity]) 
     }
 }
 
-/// Splits a city's seats into caravan capacities: one caravan up to 190 seats; otherwise
-/// caravans of 115-160 seats averaging about 145, except where no such split exists: 321-344
-/// seats make two caravans of 161-172, and 191-229 seats two of 96-114 (the generator keeps
-/// cities other than capitals out of that range).
+/// The fewest seats a generated caravan has (the contract's range is 115-160).
+const CARAVAN_SEATS_MIN: u64 = 115;
+/// The most seats a generated caravan has.
+const CARAVAN_SEATS_MAX: u64 = 160;
+/// The average size aimed for (the national average is about 145).
+const CARAVAN_SEATS_MEAN: u64 = 145;
+const _: () = assert!(CARAVAN_SEATS_MIN <= CARAVAN_SEATS_MEAN);
+const _: () = assert!(CARAVAN_SEATS_MEAN <= CARAVAN_SEATS_MAX);
+
+/// How many caravans of 115-160 seats hold exactly `seats` between them, as close to an
+/// average of 145 as possible; `None` if no number of such caravans does (fewer than 115
+/// seats, 161-229, or 321-344).
+fn caravan_count(seats: u64) -> Option<u64> {
+    let fewest = seats.div_ceil(CARAVAN_SEATS_MAX);
+    let most = seats / CARAVAN_SEATS_MIN;
+    let target = (seats + CARAVAN_SEATS_MEAN / 2) / CARAVAN_SEATS_MEAN;
+    (fewest >= 1 && fewest <= most).then(|| target.clamp(fewest, most))
+}
+
+/// Splits `seats` into `count` capacities of 115-160 summing to `seats` (the caller checked
+/// with [`caravan_count`] that they exist): an even split, then random moves of 1-15 seats
+/// that keep every caravan within the range.
+fn caravan_sizes(seats: u64, count: u64, rng: &mut ChaCha8Rng) -> Vec<u64> {
+    let mut sizes: Vec<u64> = (0..count)
+        .map(|i| seats / count + u64::from(i < seats % count))
+        .collect();
+    if count >= 2 {
+        for _ in 0..count * 3 {
+            let from = rng.random_range(0..count as usize);
+            let to = rng.random_range(0..count as usize);
+            let amount = rng.random_range(1..=15);
+            if from != to
+                && sizes[from] >= CARAVAN_SEATS_MIN + amount
+                && sizes[to] + amount <= CARAVAN_SEATS_MAX
+            {
+                sizes[from] -= amount;
+                sizes[to] += amount;
+            }
+        }
+    }
+    sizes
+}
+
+/// Moves every province whose share cannot be split into caravans of 115-160 seats (1-114,
+/// 161-229 or 321-344 seats) to the nearest total that can (one caravan at least), taking the
+/// difference from (or giving it to) the largest province, so the national total stays exact
+/// and every province's caravans fit the contract. If that cannot fit every province (data
+/// sets of a few thousand seats), the proportional shares are kept as they are: a few
+/// provinces then get a caravan outside the range rather than a distorted share.
+fn fit_province_totals(province_seats: &mut [u64]) {
+    let mut fitted = province_seats.to_vec();
+    fit_each_province(&mut fitted);
+    if fitted
+        .iter()
+        .all(|&seats| seats == 0 || caravan_count(seats).is_some())
+    {
+        province_seats.copy_from_slice(&fitted);
+    }
+}
+
+/// The moves of [`fit_province_totals`], each made only if the largest province can give.
+fn fit_each_province(province_seats: &mut [u64]) {
+    let Some(largest) = (0..province_seats.len()).max_by_key(|&p| province_seats[p]) else {
+        return;
+    };
+    for p in 0..province_seats.len() {
+        let seats = province_seats[p];
+        if p == largest || seats == 0 || caravan_count(seats).is_some() {
+            continue;
+        }
+        let down = (CARAVAN_SEATS_MIN..seats)
+            .rev()
+            .find(|&s| caravan_count(s).is_some());
+        let up = (seats..).find(|&s| caravan_count(s).is_some());
+        let fitted = match (down, up) {
+            (Some(down), Some(up)) if seats - down <= up - seats => down,
+            (_, Some(up)) => up,
+            (Some(down), None) => down,
+            (None, None) => continue,
+        };
+        let others = province_seats[largest] + seats;
+        if others < fitted || caravan_count(others - fitted).is_none() {
+            continue;
+        }
+        province_seats[largest] = others - fitted;
+        province_seats[p] = fitted;
+    }
+}
+
+/// The caravans of each city (indexed like `cities`), setting each city's seats to their sum.
+///
+/// A province's seats are split as a whole into caravans of 115-160 ([`caravan_count`],
+/// [`caravan_sizes`]) and the caravans shared among its cities in proportion to the seats
+/// [`province_cities`] gave them, so the province's total stays exact and every caravan is in
+/// the contract's range. Only a province whose total could not be fitted (in data sets too
+/// small for [`fit_province_totals`]) keeps its cities' seats and splits each city by
+/// [`split_caravans`].
+fn caravans_by_city(
+    province_seats: &[u64],
+    cities: &mut [GenCity],
+    rng: &mut ChaCha8Rng,
+) -> Vec<Vec<u64>> {
+    let mut capacities = vec![Vec::new(); cities.len()];
+    for (p, &seats) in province_seats.iter().enumerate() {
+        let members: Vec<usize> = (0..cities.len())
+            .filter(|&c| cities[c].province == p)
+            .collect();
+        let Some(count) = caravan_count(seats) else {
+            for &c in &members {
+                capacities[c] = split_caravans(cities[c].seats, rng);
+            }
+            continue;
+        };
+        let mut sizes = caravan_sizes(seats, count, rng).into_iter();
+        let weights: Vec<f64> = members.iter().map(|&c| cities[c].seats as f64).collect();
+        for (&c, share) in members.iter().zip(largest_remainder(count, &weights)) {
+            capacities[c] = sizes.by_ref().take(share as usize).collect();
+            cities[c].seats = capacities[c].iter().sum();
+        }
+    }
+    capacities
+}
+
+/// Splits a small province's city seats into caravan capacities: one caravan up to 190
+/// seats; otherwise caravans of 115-160 seats where such a split exists, else two caravans
+/// as near the range as the seats allow.
 fn split_caravans(seats: u64, rng: &mut ChaCha8Rng) -> Vec<u64> {
     if seats == 0 {
         return Vec::new();
@@ -524,33 +650,10 @@ fn split_caravans(seats: u64, rng: &mut ChaCha8Rng) -> Vec<u64> {
     if seats <= 190 {
         return vec![seats];
     }
-    let fewest = seats.div_ceil(160);
-    let most = seats / 115;
-    let target = (seats + 72) / 145;
-    let count = if fewest <= most {
-        target.clamp(fewest, most)
-    } else if most >= 2 {
-        most
-    } else {
-        2
-    };
-    let mut sizes: Vec<u64> = (0..count)
-        .map(|i| seats / count + u64::from(i < seats % count))
-        .collect();
-    let low = sizes.iter().copied().min().unwrap_or(0).min(115);
-    let high = sizes.iter().copied().max().unwrap_or(0).max(160);
-    if count >= 2 {
-        for _ in 0..count * 3 {
-            let from = rng.random_range(0..count as usize);
-            let to = rng.random_range(0..count as usize);
-            let amount = rng.random_range(1..=15);
-            if from != to && sizes[from] >= low + amount && sizes[to] + amount <= high {
-                sizes[from] -= amount;
-                sizes[to] += amount;
-            }
-        }
+    match caravan_count(seats) {
+        Some(count) => caravan_sizes(seats, count, rng),
+        None => vec![seats / 2, seats - seats / 2],
     }
-    sizes
 }
 
 fn create(out_dir: &Path, name: &str) -> Result<(PathBuf, BufWriter<File>), GenError> {
@@ -622,6 +725,7 @@ fn write_caravans(
     out_dir: &Path,
     provinces: &[ProvinceRow],
     cities: &[GenCity],
+    capacities: &[Vec<u64>],
     rng: &mut ChaCha8Rng,
 ) -> Result<(usize, u64), GenError> {
     let day = |y, m, d| JalaliDate::new(y, m, d).map(JalaliDate::to_day_number);
@@ -632,11 +736,7 @@ fn write_caravans(
     let medina_first_window = window(day(1399, 4, 10), day(1399, 4, 27))?;
     let medina_second_window = window(day(1399, 4, 20), day(1399, 5, 5))?;
 
-    let mut capacities: Vec<(usize, Vec<u64>)> = Vec::new();
-    for (c, city) in cities.iter().enumerate() {
-        capacities.push((c, split_caravans(city.seats, rng)));
-    }
-    let total: usize = capacities.iter().map(|(_, v)| v.len()).sum();
+    let total: usize = capacities.iter().map(Vec::len).sum();
     let width = total.to_string().len().max(4);
 
     let (path, mut out) = create(out_dir, "caravans.csv")?;
@@ -647,8 +747,7 @@ fn write_caravans(
     let mut number = 0usize;
     let mut seats = 0u64;
     let mut line = String::new();
-    for (c, sizes) in &capacities {
-        let city = &cities[*c];
+    for (city, sizes) in cities.iter().zip(capacities) {
         let province = &provinces[city.province];
         let area = AREA_CODES
             .iter()

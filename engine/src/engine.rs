@@ -15,9 +15,9 @@ use crate::error::EngineError;
 use crate::model::{
     EndReason, OperatorEvent, ReservationId, ReservationView, Status, WaitlistPlace, WaitlistStatus,
 };
-use crate::record::{Offer, Record};
-use crate::season::{NotEligible, Schedule, Season, Wave};
-use crate::shard::{Ctx, Shard, ShardState};
+use crate::record::{KeyOp, KeyUse, Offer, Record};
+use crate::season::{NotEligible, Schedule, Season, Wave, WaveOrder};
+use crate::shard::{Ctx, KeyAnswer, KeyedOp, Shard, ShardState};
 use crate::sync::{AtomicI64, Mutex};
 use crate::wal::{Durability, MissingRecords, Ticket, Wal};
 
@@ -118,12 +118,17 @@ pub struct Engine {
     /// The schedule as the global shard sees it; its WAL shard index is `shards.len()`.
     pub(crate) global: Mutex<Arc<Schedule>>,
     pub(crate) caravan_local: Vec<u32>,
+    /// Per caravan: its price group's rank (see `price_ranks`).
+    price_rank: Vec<u32>,
     pub(crate) wal: Option<Arc<Wal>>,
     pub(crate) rng: Box<[CachePadded<parking_lot::Mutex<ChaCha12Rng>>]>,
     last_now_ms: AtomicI64,
     expirations: AtomicU64,
     /// The sum of the shards' record counters when the last snapshot was taken.
     pub(crate) records_at_snapshot: AtomicU64,
+    /// Records the log held before this process opened it (the last LSN recovery found; 0
+    /// for a new log or without one).
+    pub(crate) log_records_at_open: u64,
     pub(crate) stopping: AtomicBool,
     /// Whether the schedule was ever replaced through the log (it then wins over the file).
     pub(crate) schedule_replaced: AtomicBool,
@@ -210,6 +215,7 @@ impl Engine {
             })
             .collect();
         let now_ms = clock.now_ms();
+        let price_rank = price_ranks(&catalog);
         Ok(Engine {
             catalog,
             season,
@@ -218,11 +224,13 @@ impl Engine {
             shards,
             global: Mutex::new(schedule),
             caravan_local,
+            price_rank,
             wal,
             rng,
             last_now_ms: AtomicI64::new(now_ms),
             expirations: AtomicU64::new(0),
             records_at_snapshot: AtomicU64::new(0),
+            log_records_at_open: 0,
             stopping: AtomicBool::new(false),
             schedule_replaced: AtomicBool::new(false),
             schedule_in_snapshot: false,
@@ -372,48 +380,24 @@ impl Engine {
             .caravans()
             .get(caravan as usize)
             .ok_or(EngineError::CaravanNotFound)?;
-        let key = idempotency_key.unwrap_or(&[]);
-        if key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
-            return Err(EngineError::InvalidField {
-                field: "Idempotency-Key",
-                message: format!("longer than {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
-            });
-        }
+        let key = checked_key(idempotency_key)?;
         let now_ms = self.now_ms();
         let p = usize::from(h.province);
         let shard = &self.shards[p];
         let mut st = shard.state.lock();
-        if !key.is_empty() {
-            let since = now_ms.saturating_sub(self.config.idempotency_retention_ms);
-            if let Some(entry) = st.idempotency_lookup(h.local, key, since) {
-                if entry.caravan != caravan {
-                    return Err(EngineError::IdempotencyKeyReused);
-                }
-                let idx = st
-                    .find(entry.reservation)
-                    .ok_or(EngineError::ReservationNotFound)?;
-                let mut reservation = st
-                    .view(&self.catalog, idx)
-                    .ok_or(EngineError::ReservationNotFound)?;
-                // The original answer: the reservation as it was created, whatever happened
-                // to it since.
-                reservation.status = if entry.stage.is_some() {
-                    Status::Held
-                } else {
-                    Status::Confirmed
-                };
-                reservation.stage = entry.stage;
-                reservation.deadline_ms = entry.deadline_ms;
-                reservation.updated_ms = reservation.created_ms;
-                reservation.end_reason = None;
-                return Ok(Committed {
-                    value: ReserveOutcome {
-                        reservation,
-                        replayed: true,
-                    },
-                    ticket: self.ticket_for_staged(p),
-                });
-            }
+        if let Some((at_ms, answer)) =
+            self.key_replay(&st, h.local, key, KeyedOp::Reserve { caravan }, now_ms)?
+        {
+            // The original answer: the reservation as it was created, whatever happened to it
+            // since.
+            let reservation = self.replayed_view(&st, at_ms, answer)?;
+            return Ok(Committed {
+                value: ReserveOutcome {
+                    reservation,
+                    replayed: true,
+                },
+                ticket: self.ticket_for_staged(p),
+            });
         }
         if h.receipt_status == ReceiptStatus::NeedsConversion {
             return Err(EngineError::ReceiptNeedsConversion);
@@ -426,7 +410,7 @@ impl Engine {
         let slot = self.caravan_local[caravan as usize] as usize;
         if st.occupied[slot] >= c.capacity {
             return Err(EngineError::CaravanFull {
-                alternatives: self.alternatives(h.city, caravan),
+                alternatives: self.alternatives(h.city, caravan, holder),
             });
         }
         let (stage, deadline_ms) = self.first_stage(now_ms);
@@ -453,6 +437,59 @@ impl Engine {
             },
             ticket,
         })
+    }
+
+    /// If `key` (non-empty) was used by the holder with local index `local` and is still
+    /// retained: `Ok(Some(original answer))` if it was used for `op`, and
+    /// [`EngineError::IdempotencyKeyReused`] if for anything else. `Ok(None)` for a new key
+    /// or none.
+    fn key_replay(
+        &self,
+        st: &ShardState,
+        local: u32,
+        key: &[u8],
+        op: KeyedOp,
+        now_ms: i64,
+    ) -> Result<Option<(i64, KeyAnswer)>, EngineError> {
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let since = now_ms.saturating_sub(self.config.idempotency_retention_ms);
+        match st.idempotency_lookup(local, key, since) {
+            None => Ok(None),
+            Some(entry) if entry.op == op => Ok(Some((entry.at_ms, entry.answer))),
+            Some(_) => Err(EngineError::IdempotencyKeyReused),
+        }
+    }
+
+    /// The reservation a replayed answer names, as the keyed decision left it at `at_ms`.
+    fn replayed_view(
+        &self,
+        st: &ShardState,
+        at_ms: i64,
+        answer: KeyAnswer,
+    ) -> Result<ReservationView, EngineError> {
+        let KeyAnswer::Reservation {
+            id,
+            status,
+            stage,
+            deadline_ms,
+        } = answer
+        else {
+            return Err(EngineError::IdempotencyKeyReused);
+        };
+        let idx = st.find(id).ok_or(EngineError::ReservationNotFound)?;
+        let mut view = st
+            .view(&self.catalog, idx)
+            .ok_or(EngineError::ReservationNotFound)?;
+        view.status = status;
+        view.stage = stage;
+        view.deadline_ms = deadline_ms;
+        view.updated_ms = at_ms;
+        if status.is_live() {
+            view.end_reason = None;
+        }
+        Ok(view)
     }
 
     /// A holder registers once a season: a live reservation answers `already_reserved`; an
@@ -498,20 +535,48 @@ impl Engine {
         }
     }
 
-    /// Up to [`ALTERNATIVES_MAX`] caravans of `city` with free seats, other than `except`,
-    /// read from the lock-free counters.
+    /// Up to [`ALTERNATIVES_MAX`] caravans of `city` with free seats, other than `asked`,
+    /// read from the lock-free counters, closest to `asked` first: the same route first, then
+    /// the nearest price group (by rank in the catalog's sorted price groups), then the
+    /// nearest departure date. Caravans equally close are ordered by a hash of `holder` and
+    /// the caravan, so holders refused on the same caravan are spread over all the equally
+    /// close ones instead of herding to the same five. With `asked` not a caravan (a waiting
+    /// list refusal), only the hash orders them.
     pub fn alternatives(
         &self,
         city: crate::catalog::CityIdx,
-        except: CaravanIdx,
+        asked: CaravanIdx,
+        holder: HolderIdx,
     ) -> Vec<CaravanIdx> {
-        self.catalog
+        let caravans = self.catalog.caravans();
+        let asked_caravan = caravans.get(asked as usize);
+        let closeness = |c: CaravanIdx| -> (u8, u32, u32, u64) {
+            let spread = spread_hash(holder, c);
+            let Some(a) = asked_caravan else {
+                return (0, 0, 0, spread);
+            };
+            let other = &caravans[c as usize];
+            (
+                u8::from(other.route != a.route),
+                self.price_rank[c as usize].abs_diff(self.price_rank[asked as usize]),
+                other.departure_day.abs_diff(a.departure_day),
+                spread,
+            )
+        };
+        let mut found: Vec<((u8, u32, u32, u64), CaravanIdx)> = self
+            .catalog
             .caravans_of_city(city)
             .iter()
             .copied()
-            .filter(|&c| c != except && self.free_seats(c) > 0)
-            .take(ALTERNATIVES_MAX)
-            .collect()
+            .filter(|&c| c != asked && self.free_seats(c) > 0)
+            .map(|c| (closeness(c), c))
+            .collect();
+        if found.len() > ALTERNATIVES_MAX {
+            found.select_nth_unstable(ALTERNATIVES_MAX - 1);
+            found.truncate(ALTERNATIVES_MAX);
+        }
+        found.sort_unstable();
+        found.into_iter().map(|(_, c)| c).collect()
     }
 
     /// Free seats of `caravan` (0 for an unknown one), without taking any lock.
@@ -569,7 +634,8 @@ impl Engine {
         })
     }
 
-    /// Ends the reservation at `idx` for `reason`, passing its seat on.
+    /// Ends the reservation at `idx` for `reason`, passing its seat on; `keyed` when a request
+    /// with an `Idempotency-Key` asked for it.
     fn end(
         &self,
         p: usize,
@@ -577,6 +643,7 @@ impl Engine {
         idx: u32,
         reason: EndReason,
         now_ms: i64,
+        keyed: Option<KeyUse>,
     ) -> Result<Option<Ticket>, EngineError> {
         let r = &st.reservations[idx as usize];
         let (id, caravan) = (r.id, r.caravan);
@@ -587,6 +654,7 @@ impl Engine {
             at_ms: now_ms,
             reason,
             offer,
+            keyed,
         };
         let ticket = self.commit(p, st, &record)?;
         self.wake_expiry_if_earlier(offer_deadline);
@@ -615,7 +683,7 @@ impl Engine {
             EndReason::StageExpired
         };
         let deadline_ms = r.deadline_ms.unwrap_or(now_ms);
-        let _ = self.end(p, st, idx, reason, now_ms)?;
+        let _ = self.end(p, st, idx, reason, now_ms, None)?;
         self.note_expiry(now_ms - deadline_ms);
         Err(EngineError::InvalidTransition {
             status: reason.status(),
@@ -663,18 +731,56 @@ impl Engine {
     }
 
     /// Cancels the holder's reservation `id` (declines it, if it is an offer); its seat goes
-    /// to the waiting list or back to the pool.
+    /// to the waiting list or back to the pool. Cancelling a reservation the holder already
+    /// cancelled (or an offer they declined) decides nothing and answers it again, so a
+    /// retried cancel gets the same answer; one that ended otherwise (expired, rejected, a
+    /// death) is an invalid transition. See [`Engine::cancel_outcome`] to tell them apart.
     pub fn cancel(
         &self,
         holder: HolderIdx,
         id: ReservationId,
     ) -> Result<Committed<ReservationView>, EngineError> {
+        first_of(self.cancel_outcome(holder, id, None)?)
+    }
+
+    /// [`Engine::cancel`] under an optional `Idempotency-Key`, with `true` beside the view if
+    /// and only if nothing new was decided: a retry with a key seen before for this cancel
+    /// (the original answer), or a reservation the holder had already cancelled. A key seen
+    /// before for another request is refused ([`EngineError::IdempotencyKeyReused`]).
+    pub fn cancel_outcome(
+        &self,
+        holder: HolderIdx,
+        id: ReservationId,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
         let now_ms = self.now_ms();
         let (p, mut st, idx) = self.holder_reservation_locked(holder, id)?;
+        let op = KeyedOp::On {
+            op: KeyOp::Cancel,
+            reservation: id,
+        };
+        if let Some(done) = self.replay_view(&st, p, holder, key, op, now_ms)? {
+            return Ok(done);
+        }
         self.expire_if_due(p, &mut st, idx, now_ms)?;
-        let reason = match st.reservations[idx as usize].status {
+        let r = &st.reservations[idx as usize];
+        let reason = match r.status {
             Status::Offered => EndReason::OfferDeclined,
             Status::Held | Status::Confirmed => EndReason::HolderCancelled,
+            Status::Cancelled
+                if matches!(
+                    r.end_reason,
+                    Some(EndReason::HolderCancelled | EndReason::OfferDeclined)
+                ) =>
+            {
+                // The cancel this retries may still be on its way to disk.
+                let done = self.committed_view(&st, idx, self.ticket_for_staged(p))?;
+                return Ok(Committed {
+                    value: (done.value, true),
+                    ticket: done.ticket,
+                });
+            }
             status => {
                 return Err(EngineError::InvalidTransition {
                     status,
@@ -682,8 +788,39 @@ impl Engine {
                 });
             }
         };
-        let ticket = self.end(p, &mut st, idx, reason, now_ms)?;
-        self.committed_view(&st, idx, ticket)
+        let keyed = key_use(KeyOp::Cancel, key);
+        let ticket = self.end(p, &mut st, idx, reason, now_ms, keyed)?;
+        let done = self.committed_view(&st, idx, ticket)?;
+        Ok(Committed {
+            value: (done.value, false),
+            ticket: done.ticket,
+        })
+    }
+
+    /// The original answer to a retry of a keyed request on a reservation of shard `p`
+    /// (`holder`'s, whose key it is), if `key` was seen for `op`; see `key_replay`.
+    fn replay_view(
+        &self,
+        st: &ShardState,
+        p: usize,
+        holder: HolderIdx,
+        key: &[u8],
+        op: KeyedOp,
+        now_ms: i64,
+    ) -> Result<Option<Committed<(ReservationView, bool)>>, EngineError> {
+        let local = self
+            .catalog
+            .holder_facts(holder)
+            .ok_or(EngineError::ReservationNotFound)?
+            .local;
+        let Some((at_ms, answer)) = self.key_replay(st, local, key, op, now_ms)? else {
+            return Ok(None);
+        };
+        Ok(Some(Committed {
+            value: (self.replayed_view(st, at_ms, answer)?, true),
+            // The decision this retries may still be on its way to disk.
+            ticket: self.ticket_for_staged(p),
+        }))
     }
 
     /// Accepts the waiting-list offer `id` of `holder`: it becomes a hold at the first stage.
@@ -692,8 +829,28 @@ impl Engine {
         holder: HolderIdx,
         id: ReservationId,
     ) -> Result<Committed<ReservationView>, EngineError> {
+        first_of(self.accept_offer_keyed(holder, id, None)?)
+    }
+
+    /// [`Engine::accept_offer`] under an optional `Idempotency-Key`: a retry with a key seen
+    /// before for this accept answers the original (`true` beside it); a key seen for another
+    /// request is refused.
+    pub fn accept_offer_keyed(
+        &self,
+        holder: HolderIdx,
+        id: ReservationId,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
         let now_ms = self.now_ms();
         let (p, mut st, idx) = self.holder_reservation_locked(holder, id)?;
+        let op = KeyedOp::On {
+            op: KeyOp::Accept,
+            reservation: id,
+        };
+        if let Some(done) = self.replay_view(&st, p, holder, key, op, now_ms)? {
+            return Ok(done);
+        }
         self.expire_if_due(p, &mut st, idx, now_ms)?;
         let status = st.reservations[idx as usize].status;
         if status != Status::Offered {
@@ -708,6 +865,7 @@ impl Engine {
             at_ms: now_ms,
             stage,
             deadline_ms,
+            keyed: key_use(KeyOp::Accept, key),
         };
         let ticket = self.commit(p, &mut st, &record)?;
         let view = st
@@ -716,7 +874,7 @@ impl Engine {
         drop(st);
         self.wake_expiry_if_earlier(deadline_ms);
         Ok(Committed {
-            value: view,
+            value: (view, false),
             ticket,
         })
     }
@@ -728,11 +886,34 @@ impl Engine {
         id: ReservationId,
         event: OperatorEvent,
     ) -> Result<Committed<ReservationView>, EngineError> {
+        first_of(self.operator_event_keyed(id, event, None)?)
+    }
+
+    /// [`Engine::operator_event`] under an optional `Idempotency-Key` (remembered with the
+    /// reservation's holder): a retry with a key seen before for this event on this
+    /// reservation answers the original (`true` beside it); a key seen for another request is
+    /// refused.
+    pub fn operator_event_keyed(
+        &self,
+        id: ReservationId,
+        event: OperatorEvent,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
         let now_ms = self.now_ms();
         let p = usize::from(id.shard);
         let shard = self.shards.get(p).ok_or(EngineError::ReservationNotFound)?;
         let mut st = shard.state.lock();
         let idx = st.find(id).ok_or(EngineError::ReservationNotFound)?;
+        let holder = st.reservations[idx as usize].holder;
+        let op = KeyedOp::On {
+            op: KeyOp::Event(event),
+            reservation: id,
+        };
+        if let Some(done) = self.replay_view(&st, p, holder, key, op, now_ms)? {
+            return Ok(done);
+        }
+        let keyed = key_use(KeyOp::Event(event), key);
         self.expire_if_due(p, &mut st, idx, now_ms)?;
         let (status, stage) = {
             let r = &st.reservations[idx as usize];
@@ -761,6 +942,7 @@ impl Engine {
                     at_ms: now_ms,
                     stage,
                     deadline_ms,
+                    keyed,
                 };
                 let ticket = self.commit(p, &mut st, &record)?;
                 self.wake_expiry_if_earlier(deadline_ms);
@@ -781,10 +963,14 @@ impl Engine {
                         status.as_str()
                     )));
                 }
-                self.end(p, &mut st, idx, reason, now_ms)?
+                self.end(p, &mut st, idx, reason, now_ms, keyed)?
             }
         };
-        self.committed_view(&st, idx, ticket)
+        let done = self.committed_view(&st, idx, ticket)?;
+        Ok(Committed {
+            value: (done.value, false),
+            ticket: done.ticket,
+        })
     }
 
     /// Puts `holder` on their province's waiting list (or reports their place if already
@@ -794,6 +980,18 @@ impl Engine {
         &self,
         holder: HolderIdx,
     ) -> Result<Committed<WaitlistPlace>, EngineError> {
+        first_of(self.join_waitlist_keyed(holder, None)?)
+    }
+
+    /// [`Engine::join_waitlist`] under an optional `Idempotency-Key`: a retry with a key seen
+    /// before for a join answers the place the holder got then (`true` beside it), whatever
+    /// happened since; a key seen for another request is refused.
+    pub fn join_waitlist_keyed(
+        &self,
+        holder: HolderIdx,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(WaitlistPlace, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
         let h = self
             .catalog
             .holder_facts(holder)
@@ -808,25 +1006,41 @@ impl Engine {
             province: h.province,
             position: st.waitlist.position(holder).unwrap_or(0),
         };
+        if let Some((_, answer)) = self.key_replay(&st, h.local, key, KeyedOp::Join, now_ms)? {
+            let KeyAnswer::Place { position } = answer else {
+                return Err(EngineError::IdempotencyKeyReused);
+            };
+            return Ok(Committed {
+                value: (
+                    WaitlistPlace {
+                        province: h.province,
+                        position,
+                    },
+                    true,
+                ),
+                ticket: self.ticket_for_staged(p),
+            });
+        }
         if st.waitlist.contains(holder) {
             return Ok(Committed {
-                value: place(&st),
+                value: (place(&st), false),
                 ticket: self.ticket_for_staged(p),
             });
         }
         self.check_schedule(&st.schedule, h.province, h.receipt_day, now_ms)?;
         Self::check_first_registration(&st, h.local)?;
-        let alternatives = self.alternatives(h.city, CaravanIdx::MAX);
+        let alternatives = self.alternatives(h.city, CaravanIdx::MAX, holder);
         if !alternatives.is_empty() {
             return Err(EngineError::SeatsAvailable { alternatives });
         }
         let record = Record::Join {
             holder,
             at_ms: now_ms,
+            keyed: key_use(KeyOp::Join, key),
         };
         let ticket = self.commit(p, &mut st, &record)?;
         Ok(Committed {
-            value: place(&st),
+            value: (place(&st), false),
             ticket,
         })
     }
@@ -854,7 +1068,18 @@ impl Engine {
 
     /// Replaces the registration schedule (a postponement, a staggered opening). Logged like
     /// any decision; survives restarts (the logged schedule wins over the season file).
+    /// Refuses, with [`EngineError::ScheduleOutOfOrder`], a schedule that opens a wider cutoff
+    /// before a narrower one in some province; see [`Engine::replace_schedule_with`].
     pub fn replace_schedule(&self, waves: Vec<Wave>) -> Result<Committed<()>, EngineError> {
+        self.replace_schedule_with(waves, WaveOrder::Strict)
+    }
+
+    /// [`Engine::replace_schedule`], with the wave order check as `order` says.
+    pub fn replace_schedule_with(
+        &self,
+        waves: Vec<Wave>,
+        order: WaveOrder,
+    ) -> Result<Committed<()>, EngineError> {
         let schedule = Schedule { waves };
         schedule
             .validate(&self.catalog)
@@ -862,6 +1087,11 @@ impl Engine {
                 field: "waves",
                 message,
             })?;
+        if order == WaveOrder::Strict {
+            schedule
+                .check_order()
+                .map_err(|e| EngineError::ScheduleOutOfOrder { message: e.message })?;
+        }
         let now_ms = self.now_ms();
         let record = Record::Schedule {
             at_ms: now_ms,
@@ -1034,7 +1264,7 @@ impl Engine {
             } else {
                 EndReason::StageExpired
             };
-            match self.end(p, &mut st, idx, reason, now_ms) {
+            match self.end(p, &mut st, idx, reason, now_ms, None) {
                 Ok(t) => ticket = t.or(ticket),
                 Err(e) => {
                     // Not expired after all (the log refused): keep the deadline pending.
@@ -1214,6 +1444,61 @@ fn receipt_day_ranges(catalog: &Catalog) -> Vec<(i32, i32)> {
         .into_iter()
         .map(|(a, b)| if a > b { (0, 0) } else { (a, b) })
         .collect()
+}
+
+/// The key bytes of an optional `Idempotency-Key` (empty for none); refused if longer than
+/// [`IDEMPOTENCY_KEY_BYTES_MAX`].
+fn checked_key(key: Option<&[u8]>) -> Result<&[u8], EngineError> {
+    let key = key.unwrap_or(&[]);
+    if key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(EngineError::InvalidField {
+            field: "Idempotency-Key",
+            message: format!("longer than {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
+        });
+    }
+    Ok(key)
+}
+
+/// The key's use to log with a decision, if a key was given.
+fn key_use(op: KeyOp, key: &[u8]) -> Option<KeyUse> {
+    (!key.is_empty()).then(|| KeyUse {
+        op,
+        key: key.to_vec(),
+    })
+}
+
+/// The answer of a keyed decision without its "replayed" flag.
+fn first_of<T>(decided: Committed<(T, bool)>) -> Result<Committed<T>, EngineError> {
+    Ok(Committed {
+        value: decided.value.0,
+        ticket: decided.ticket,
+    })
+}
+
+/// Each caravan's price group as its rank among the catalog's distinct price groups in sorted
+/// order (`A` 0, `B` 1, ...), so the distance between two groups is a difference of ranks.
+fn price_ranks(catalog: &Catalog) -> Vec<u32> {
+    let mut groups: Vec<&str> = catalog
+        .caravans()
+        .iter()
+        .map(|c| c.price_group.as_str())
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    catalog
+        .caravans()
+        .iter()
+        .map(|c| groups.binary_search(&c.price_group.as_str()).unwrap_or(0) as u32)
+        .collect()
+}
+
+/// A well-mixed 64-bit hash of (holder, caravan) (SplitMix64's finalizer): a stable,
+/// per-holder order among equally close alternatives.
+fn spread_hash(holder: HolderIdx, caravan: CaravanIdx) -> u64 {
+    let mut z = (u64::from(holder) << 32 | u64::from(caravan)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

@@ -76,6 +76,13 @@ pub enum EngineError {
         /// What is wrong with it.
         message: String,
     },
+    /// A new schedule opens a wider cutoff before a narrower one in some province, and the
+    /// operator did not allow it explicitly.
+    #[error("{message}")]
+    ScheduleOutOfOrder {
+        /// Both waves, their cutoffs and openings, and the province.
+        message: String,
+    },
     /// The log cannot take more records right now; retry later.
     #[error("the write-ahead log is saturated; retry shortly")]
     Overloaded,
@@ -108,6 +115,7 @@ impl EngineError {
             EngineError::SeatsAvailable { .. } => "seats_available",
             EngineError::RegistrationEnded { .. } => "registration_ended",
             EngineError::InvalidField { .. } => "invalid_field",
+            EngineError::ScheduleOutOfOrder { .. } => "schedule_out_of_order",
             EngineError::Overloaded => "overloaded",
             EngineError::LogFailed(_) | EngineError::Config(_) | EngineError::Recovery(_) => {
                 "internal_error"

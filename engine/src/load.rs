@@ -560,6 +560,8 @@ fn load_holders(
 #[serde(deny_unknown_fields)]
 struct SeasonFile {
     #[serde(default)]
+    allow_wider_cutoff_first: bool,
+    #[serde(default)]
     wave: Vec<WaveFile>,
     stages: Option<StagesFile>,
     waitlist: Option<WaitlistFile>,
@@ -572,6 +574,8 @@ struct WaveFile {
     receipts_until: Spanned<String>,
     opens_at: Spanned<String>,
     provinces: Option<Spanned<Vec<u32>>>,
+    #[serde(default)]
+    admits_earlier_receipts: bool,
 }
 
 #[derive(Deserialize)]
@@ -604,7 +608,11 @@ pub fn load_season(path: &Path, catalog: &Catalog) -> Result<Season, LoadError> 
 ///
 /// `[[wave]]` tables need `name` (unique), `receipts_until` (a Jalali date, inclusive) and
 /// `opens_at` (Tehran Jalali wall clock or RFC 3339, see
-/// [`parse_tehran_datetime`]), and may list `provinces` (public ids the catalog must know).
+/// [`parse_tehran_datetime`]), and may list `provinces` (public ids the catalog must know) and
+/// set `admits_earlier_receipts` (default false). A schedule where, in some province, a wave
+/// with a wider cutoff opens strictly before one with a narrower cutoff is refused (at the
+/// wider wave's `opens_at`, see [`Schedule::check_order`]) unless the top-level key
+/// `allow_wider_cutoff_first = true` comes before the first `[[wave]]`.
 /// `[stages]` may give any of `documents`, `first_payment`, `medical`, `final_payment` as
 /// durations (see [`parse_duration_ms`]); they are kept in that order and absent ones are
 /// skipped; without `[stages]` the defaults of [`Season::default`] apply. `[waitlist]
@@ -645,6 +653,7 @@ pub fn parse_season(text: &str, file_name: &str, catalog: &Catalog) -> Result<Se
             receipts_until_day,
             opens_at_ms,
             provinces: wave.provinces.as_ref().map(|p| p.get_ref().clone()),
+            admits_earlier_receipts: wave.admits_earlier_receipts,
         };
         if let Some(provinces) = &wave.provinces {
             let single = Schedule {
@@ -695,6 +704,12 @@ pub fn parse_season(text: &str, file_name: &str, catalog: &Catalog) -> Result<Se
     schedule
         .validate(catalog)
         .map_err(|e| LoadError::data(file_name, None, Some("provinces"), e))?;
+    if !parsed.allow_wider_cutoff_first
+        && let Err(e) = schedule.check_order()
+    {
+        let span = parsed.wave[e.wider].opens_at.span();
+        return Err(at(span, "opens_at", e.message));
+    }
     Ok(Season {
         schedule,
         stages,
@@ -778,8 +793,13 @@ fn toml_string(text: &str) -> String {
 /// the same instant (sub-minute precision, or the second pass through a daylight-saving fold).
 /// A cutoff day outside the supported Jalali years is written as a value the parser refuses,
 /// with a comment saying why, rather than silently as another day.
+/// A schedule that opens a wider cutoff first gets `allow_wider_cutoff_first = true` before
+/// its waves, and a wave that admits earlier receipts says so.
 pub fn schedule_to_toml(schedule: &Schedule) -> String {
     let mut out = String::new();
+    if schedule.check_order().is_err() {
+        out.push_str("allow_wider_cutoff_first = true\n\n");
+    }
     for (i, wave) in schedule.waves.iter().enumerate() {
         if i > 0 {
             out.push('\n');
@@ -806,6 +826,9 @@ pub fn schedule_to_toml(schedule: &Schedule) -> String {
             let list: Vec<String> = ids.iter().map(u32::to_string).collect();
             out.push_str(&format!("provinces = [{}]\n", list.join(", ")));
         }
+        if wave.admits_earlier_receipts {
+            out.push_str("admits_earlier_receipts = true\n");
+        }
     }
     out
 }
@@ -821,7 +844,14 @@ pub fn season_to_toml(season: &Season) -> String {
          #   receipts_until  Jalali date (yyyy/mm/dd), inclusive: receipts deposited on or before\n\
          #                   it are called by this wave\n\
          #   opens_at        Tehran wall clock in Jalali (yyyy/mm/dd HH:MM) or an RFC 3339 instant\n\
-         #   provinces       optional list of province ids opening at this time (default: all)\n\n",
+         #   provinces       optional list of province ids opening at this time (default: all)\n\
+         #   admits_earlier_receipts\n\
+         #                   optional, default false: also admit receipts an earlier-cutoff\n\
+         #                   wave calls, even before that wave opens\n\
+         #\n\
+         # A receipt is called by the first wave (of its province) whose cutoff covers it and\n\
+         # registers once that wave opens. A wave with a wider cutoff may not open before one\n\
+         # with a narrower cutoff unless `allow_wider_cutoff_first = true` comes first.\n\n",
     );
     out.push_str(&schedule_to_toml(&season.schedule));
     out.push_str(

@@ -15,17 +15,22 @@ use crate::clock::Clock;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::EngineError;
 use crate::model::{EndReason, Reservation, ReservationId, Status};
+use crate::record::KeyOp;
 use crate::record::{
-    Reader, Record, decode_waves, encode_waves, put_bytes, put_i64, put_id, put_opt_i64, put_stage,
-    put_u32, put_u64, put_u128,
+    Reader, Record, WaveLayout, decode_waves, encode_waves, put_bytes, put_i64, put_id,
+    put_opt_i64, put_stage, put_u32, put_u64, put_u128,
 };
 use crate::season::{Schedule, Season};
-use crate::shard::{IdempotencyEntry, ShardCounters, ShardState};
+use crate::shard::{IdempotencyEntry, KeyAnswer, KeyedOp, ShardCounters, ShardState};
 use crate::waitlist::WaitKey;
 use crate::wal::{self, Storage, TornTail, Wal, WalConfig};
 
-/// Snapshot payload format version.
-const SNAPSHOT_VERSION: u32 = 1;
+/// Snapshot payload format version written: 2 (waves with a flags byte; remembered keys of
+/// every keyed request). Version 1 (waves without flags; keys of reservations only) is still
+/// read.
+const SNAPSHOT_VERSION: u32 = 2;
+/// The oldest snapshot payload version still read.
+const SNAPSHOT_VERSION_MIN: u32 = 1;
 
 /// What recovery found and did.
 #[derive(Debug)]
@@ -161,6 +166,7 @@ impl Engine {
             log_tag: tag,
             ..WalConfig::default()
         };
+        engine.log_records_at_open = recovered.next_lsn.saturating_sub(1);
         let wal = Wal::open(storage, wal_config, recovered.next_lsn, last_seq)
             .map_err(|e| EngineError::Recovery(e.to_string()))?;
         engine.wal = Some(wal);
@@ -234,7 +240,7 @@ impl Engine {
             cuts.push((self.shards.len() as u16, cut));
             put_u64(&mut out, cut);
             out.push(u8::from(self.schedule_replaced.load(Ordering::Acquire)));
-            encode_waves(&mut out, &global.waves);
+            encode_waves(&mut out, &global.waves, WaveLayout::V2);
         }
         for (p, shard) in self.shards.iter().enumerate() {
             let st = shard.state.lock();
@@ -261,9 +267,14 @@ impl Engine {
     fn restore_snapshot(&mut self, payload: &[u8]) -> Result<Vec<u64>, String> {
         let mut r = Reader::new(payload);
         let version = r.u32()?;
-        if version != SNAPSHOT_VERSION {
+        if !(SNAPSHOT_VERSION_MIN..=SNAPSHOT_VERSION).contains(&version) {
             return Err(format!("unsupported snapshot version {version}"));
         }
+        let layout = if version == 1 {
+            WaveLayout::V1
+        } else {
+            WaveLayout::V2
+        };
         if r.u64()? != self.catalog.fingerprint() {
             return Err("taken over another catalog".into());
         }
@@ -277,7 +288,7 @@ impl Engine {
         let mut cuts = vec![0u64; shards + 1];
         cuts[shards] = r.u64()?;
         let replaced = r.u8()? != 0;
-        let waves = decode_waves(&mut r)?;
+        let waves = decode_waves(&mut r, layout)?;
         if replaced {
             self.schedule_in_snapshot = true;
             self.schedule_replaced.store(true, Ordering::Release);
@@ -293,6 +304,7 @@ impl Engine {
             let mut st = shard.state.lock();
             decode_shard(
                 &mut r,
+                version,
                 &mut st,
                 &shard.counters,
                 &self.catalog,
@@ -314,9 +326,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Write-ahead log counters, if the engine logs.
+    /// Write-ahead log counters since this process opened the log, if the engine logs.
     pub fn wal_stats(&self) -> Option<wal::WalStats> {
         self.wal.as_ref().map(|w| w.stats())
+    }
+
+    /// Records in the log since it was created, across restarts: the last LSN recovery found
+    /// plus the records written since. `None` without a log.
+    pub fn log_records_total(&self) -> Option<u64> {
+        self.wal
+            .as_ref()
+            .map(|w| self.log_records_at_open + w.stats().records_written)
     }
 }
 
@@ -350,16 +370,102 @@ fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
     for (local, e) in entries {
         put_u32(out, local);
         put_bytes(out, &e.key);
-        put_u32(out, e.caravan);
-        put_id(out, e.reservation);
         put_i64(out, e.at_ms);
-        put_stage(out, e.stage);
-        put_opt_i64(out, e.deadline_ms);
+        match e.op {
+            KeyedOp::Reserve { caravan } => {
+                out.push(ENTRY_RESERVE);
+                put_u32(out, caravan);
+            }
+            KeyedOp::On { op, reservation } => {
+                out.push(op.code());
+                put_id(out, reservation);
+            }
+            KeyedOp::Join => out.push(KeyOp::Join.code()),
+        }
+        match e.answer {
+            KeyAnswer::Reservation {
+                id,
+                status,
+                stage,
+                deadline_ms,
+            } => {
+                out.push(0);
+                put_id(out, id);
+                out.push(status as u8);
+                put_stage(out, stage);
+                put_opt_i64(out, deadline_ms);
+            }
+            KeyAnswer::Place { position } => {
+                out.push(1);
+                put_u64(out, position);
+            }
+        }
     }
+}
+
+/// The operation code of a reservation's key in a snapshot (the others are [`KeyOp::code`]).
+const ENTRY_RESERVE: u8 = 0xFF;
+
+/// Reads one remembered key after its holder and key bytes, in the snapshot `version`.
+fn decode_entry(
+    r: &mut Reader<'_>,
+    shard: u16,
+    version: u32,
+) -> Result<(KeyedOp, i64, KeyAnswer), String> {
+    if version == 1 {
+        // Version 1 remembered reservations only.
+        let caravan = r.u32()?;
+        let id = r.id(shard)?;
+        let at_ms = r.i64()?;
+        let stage = r.stage()?;
+        let deadline_ms = r.opt_i64()?;
+        let status = if stage.is_some() {
+            Status::Held
+        } else {
+            Status::Confirmed
+        };
+        let answer = KeyAnswer::Reservation {
+            id,
+            status,
+            stage,
+            deadline_ms,
+        };
+        return Ok((KeyedOp::Reserve { caravan }, at_ms, answer));
+    }
+    let at_ms = r.i64()?;
+    let op = match r.u8()? {
+        ENTRY_RESERVE => KeyedOp::Reserve { caravan: r.u32()? },
+        code => match KeyOp::from_code(code).ok_or_else(|| format!("unknown key use {code}"))? {
+            KeyOp::Join => KeyedOp::Join,
+            op => KeyedOp::On {
+                op,
+                reservation: r.id(shard)?,
+            },
+        },
+    };
+    let answer = match r.u8()? {
+        0 => {
+            let id = r.id(shard)?;
+            let code = r.u8()?;
+            let status = *Status::ALL
+                .get(usize::from(code))
+                .ok_or_else(|| format!("unknown status {code}"))?;
+            KeyAnswer::Reservation {
+                id,
+                status,
+                stage: r.stage()?,
+                deadline_ms: r.opt_i64()?,
+            }
+        }
+        1 => KeyAnswer::Place { position: r.u64()? },
+        other => return Err(format!("unknown key answer {other}")),
+    };
+    Ok((op, at_ms, answer))
 }
 
 fn decode_shard(
     r: &mut Reader<'_>,
+    version: u32,
     st: &mut ShardState,
     counters: &ShardCounters,
     catalog: &Catalog,
@@ -451,21 +557,15 @@ fn decode_shard(
     for _ in 0..entries {
         let local = r.u32()?;
         let key = r.bytes()?.to_vec().into_boxed_slice();
-        let caravan = r.u32()?;
-        let reservation = r.id(st.province)?;
-        let at_ms = r.i64()?;
-        let stage = r.stage()?;
-        let deadline_ms = r.opt_i64()?;
+        let (op, at_ms, answer) = decode_entry(r, st.province, version)?;
         st.idempotency
             .entry(local)
             .or_default()
             .push(IdempotencyEntry {
                 key,
-                caravan,
-                reservation,
+                op,
                 at_ms,
-                stage,
-                deadline_ms,
+                answer,
             });
     }
     Ok(())

@@ -5,7 +5,7 @@
 //! layout of each kind is in `docs/wal-format.md`; all integers are little-endian.
 
 use crate::catalog::{CaravanIdx, HolderIdx};
-use crate::model::{EndReason, ReservationId};
+use crate::model::{EndReason, OperatorEvent, ReservationId};
 use crate::season::{Stage, Wave};
 
 /// On-disk marker for "no stage" / "no deadline".
@@ -19,6 +19,54 @@ pub(crate) struct Offer {
     pub id: ReservationId,
     pub holder: HolderIdx,
     pub deadline_ms: i64,
+}
+
+/// What a keyed decision other than a reservation was asked for: a retry with the same
+/// `Idempotency-Key` must ask for the same again to get the original answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyOp {
+    /// The holder cancelled (or declined an offer).
+    Cancel,
+    /// The holder accepted an offer.
+    Accept,
+    /// The holder joined the waiting list.
+    Join,
+    /// An operator reported an event.
+    Event(OperatorEvent),
+}
+
+impl KeyOp {
+    /// The one-byte code on disk: 0 cancel, 1 accept, 2 join, 16 + n the n-th event of
+    /// [`OperatorEvent::ALL`].
+    pub fn code(self) -> u8 {
+        match self {
+            KeyOp::Cancel => 0,
+            KeyOp::Accept => 1,
+            KeyOp::Join => 2,
+            KeyOp::Event(e) => {
+                16 + OperatorEvent::ALL.iter().position(|x| *x == e).unwrap_or(0) as u8
+            }
+        }
+    }
+
+    /// The operation with on-disk code `code`, if and only if it is one.
+    pub fn from_code(code: u8) -> Option<KeyOp> {
+        match code {
+            0 => Some(KeyOp::Cancel),
+            1 => Some(KeyOp::Accept),
+            2 => Some(KeyOp::Join),
+            n => OperatorEvent::ALL
+                .get(usize::from(n.checked_sub(16)?))
+                .map(|e| KeyOp::Event(*e)),
+        }
+    }
+}
+
+/// The `Idempotency-Key` a decision was made under, and what it was asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct KeyUse {
+    pub op: KeyOp,
+    pub key: Vec<u8>,
 }
 
 /// One logged decision.
@@ -41,6 +89,7 @@ pub(crate) enum Record {
         at_ms: i64,
         stage: Option<Stage>,
         deadline_ms: Option<i64>,
+        keyed: Option<KeyUse>,
     },
     /// A reservation ended; its seat went to `offer` or back to the pool.
     End {
@@ -48,10 +97,16 @@ pub(crate) enum Record {
         at_ms: i64,
         reason: EndReason,
         offer: Option<Offer>,
+        keyed: Option<KeyUse>,
     },
     /// A holder joined their province's waiting list.
-    Join { holder: HolderIdx, at_ms: i64 },
-    /// The registration schedule was replaced.
+    Join {
+        holder: HolderIdx,
+        at_ms: i64,
+        keyed: Option<KeyUse>,
+    },
+    /// The registration schedule was replaced. Written as kind `SCHEDULE_V2`; kind
+    /// `SCHEDULE` (before waves had `admits_earlier_receipts`) still decodes, as false.
     Schedule { at_ms: i64, waves: Vec<Wave> },
 }
 
@@ -61,18 +116,43 @@ pub(crate) mod kind {
     pub const ADVANCE: u8 = 2;
     pub const END: u8 = 3;
     pub const JOIN: u8 = 4;
+    /// A schedule whose waves carry no flags (logs written before
+    /// `admits_earlier_receipts`); read only.
     pub const SCHEDULE: u8 = 5;
+    /// A schedule whose waves end with a flags byte.
+    pub const SCHEDULE_V2: u8 = 6;
+    /// `ADVANCE` made under an `Idempotency-Key`: its payload, then the key's use.
+    pub const ADVANCE_KEYED: u8 = 7;
+    /// `END` made under an `Idempotency-Key`.
+    pub const END_KEYED: u8 = 8;
+    /// `JOIN` made under an `Idempotency-Key`.
+    pub const JOIN_KEYED: u8 = 9;
 }
+
+/// How a wave list is laid out on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaveLayout {
+    /// Name, cutoff, opening, provinces (schedule records of kind 5, snapshots version 1).
+    V1,
+    /// The same followed by a flags byte: bit 0 `admits_earlier_receipts`, other bits zero.
+    V2,
+}
+
+/// Bit 0 of a wave's flags byte.
+const WAVE_ADMITS_EARLIER: u8 = 1;
 
 impl Record {
     /// The record's kind byte.
     pub fn kind(&self) -> u8 {
         match self {
             Record::Reserve { .. } => kind::RESERVE,
-            Record::Advance { .. } => kind::ADVANCE,
-            Record::End { .. } => kind::END,
-            Record::Join { .. } => kind::JOIN,
-            Record::Schedule { .. } => kind::SCHEDULE,
+            Record::Advance { keyed: None, .. } => kind::ADVANCE,
+            Record::Advance { .. } => kind::ADVANCE_KEYED,
+            Record::End { keyed: None, .. } => kind::END,
+            Record::End { .. } => kind::END_KEYED,
+            Record::Join { keyed: None, .. } => kind::JOIN,
+            Record::Join { .. } => kind::JOIN_KEYED,
+            Record::Schedule { .. } => kind::SCHEDULE_V2,
         }
     }
 
@@ -112,17 +192,20 @@ impl Record {
                 at_ms,
                 stage,
                 deadline_ms,
+                keyed,
             } => {
                 put_id(out, *id);
                 put_i64(out, *at_ms);
                 put_stage(out, *stage);
                 put_opt_i64(out, *deadline_ms);
+                put_key_use(out, keyed.as_ref());
             }
             Record::End {
                 id,
                 at_ms,
                 reason,
                 offer,
+                keyed,
             } => {
                 put_id(out, *id);
                 put_i64(out, *at_ms);
@@ -136,14 +219,20 @@ impl Record {
                         put_i64(out, offer.deadline_ms);
                     }
                 }
+                put_key_use(out, keyed.as_ref());
             }
-            Record::Join { holder, at_ms } => {
+            Record::Join {
+                holder,
+                at_ms,
+                keyed,
+            } => {
                 put_u32(out, *holder);
                 put_i64(out, *at_ms);
+                put_key_use(out, keyed.as_ref());
             }
             Record::Schedule { at_ms, waves } => {
                 put_i64(out, *at_ms);
-                encode_waves(out, waves);
+                encode_waves(out, waves, WaveLayout::V2);
             }
         }
     }
@@ -161,13 +250,14 @@ impl Record {
                 deadline_ms: r.opt_i64()?,
                 idempotency_key: r.bytes()?.to_vec(),
             },
-            kind::ADVANCE => Record::Advance {
+            kind::ADVANCE | kind::ADVANCE_KEYED => Record::Advance {
                 id: r.id(shard)?,
                 at_ms: r.i64()?,
                 stage: r.stage()?,
                 deadline_ms: r.opt_i64()?,
+                keyed: r.key_use(kind == kind::ADVANCE_KEYED)?,
             },
-            kind::END => {
+            kind::END | kind::END_KEYED => {
                 let id = r.id(shard)?;
                 let at_ms = r.i64()?;
                 let code = r.u8()?;
@@ -187,15 +277,24 @@ impl Record {
                     at_ms,
                     reason,
                     offer,
+                    keyed: r.key_use(kind == kind::END_KEYED)?,
                 }
             }
-            kind::JOIN => Record::Join {
+            kind::JOIN | kind::JOIN_KEYED => Record::Join {
                 holder: r.u32()?,
                 at_ms: r.i64()?,
+                keyed: r.key_use(kind == kind::JOIN_KEYED)?,
             },
-            kind::SCHEDULE => Record::Schedule {
+            kind::SCHEDULE | kind::SCHEDULE_V2 => Record::Schedule {
                 at_ms: r.i64()?,
-                waves: decode_waves(&mut r)?,
+                waves: decode_waves(
+                    &mut r,
+                    if kind == kind::SCHEDULE {
+                        WaveLayout::V1
+                    } else {
+                        WaveLayout::V2
+                    },
+                )?,
             },
             other => return Err(format!("unknown record kind {other}")),
         };
@@ -204,8 +303,8 @@ impl Record {
     }
 }
 
-/// Appends a wave list (used by the schedule record and by snapshots).
-pub(crate) fn encode_waves(out: &mut Vec<u8>, waves: &[Wave]) {
+/// Appends a wave list in `layout` (used by the schedule record and by snapshots).
+pub(crate) fn encode_waves(out: &mut Vec<u8>, waves: &[Wave], layout: WaveLayout) {
     put_u32(out, waves.len() as u32);
     for wave in waves {
         put_bytes(out, wave.name.as_bytes());
@@ -221,11 +320,19 @@ pub(crate) fn encode_waves(out: &mut Vec<u8>, waves: &[Wave]) {
                 }
             }
         }
+        if layout == WaveLayout::V2 {
+            out.push(if wave.admits_earlier_receipts {
+                WAVE_ADMITS_EARLIER
+            } else {
+                0
+            });
+        }
     }
 }
 
-/// Reads a wave list written by [`encode_waves`].
-pub(crate) fn decode_waves(r: &mut Reader<'_>) -> Result<Vec<Wave>, String> {
+/// Reads a wave list written by [`encode_waves`] in `layout`; a V1 wave does not admit
+/// earlier receipts.
+pub(crate) fn decode_waves(r: &mut Reader<'_>, layout: WaveLayout) -> Result<Vec<Wave>, String> {
     let count = r.u32()? as usize;
     let mut waves = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
@@ -236,14 +343,31 @@ pub(crate) fn decode_waves(r: &mut Reader<'_>) -> Result<Vec<Wave>, String> {
             ALL_PROVINCES => None,
             n => Some((0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?),
         };
+        let admits_earlier_receipts = match layout {
+            WaveLayout::V1 => false,
+            WaveLayout::V2 => match r.u8()? {
+                0 => false,
+                WAVE_ADMITS_EARLIER => true,
+                other => return Err(format!("wave {name:?}: unknown flags {other:#04x}")),
+            },
+        };
         waves.push(Wave {
             name,
             receipts_until_day,
             opens_at_ms,
             provinces,
+            admits_earlier_receipts,
         });
     }
     Ok(waves)
+}
+
+/// A keyed record's tail: `u8 op, bytes key`; nothing for an unkeyed one (its kind says so).
+fn put_key_use(out: &mut Vec<u8>, keyed: Option<&KeyUse>) {
+    if let Some(k) = keyed {
+        out.push(k.op.code());
+        put_bytes(out, &k.key);
+    }
 }
 
 pub(crate) fn put_u16(out: &mut Vec<u8>, v: u16) {
@@ -347,6 +471,19 @@ impl<'a> Reader<'a> {
                 .map(Some)
                 .ok_or_else(|| format!("unknown stage code {code}")),
         }
+    }
+    /// Reads a keyed record's tail if `keyed`, else nothing.
+    pub fn key_use(&mut self, keyed: bool) -> Result<Option<KeyUse>, String> {
+        if !keyed {
+            return Ok(None);
+        }
+        let code = self.u8()?;
+        let op = KeyOp::from_code(code).ok_or_else(|| format!("unknown keyed operation {code}"))?;
+        let key = self.bytes()?.to_vec();
+        if key.is_empty() {
+            return Err("a keyed record with an empty key".into());
+        }
+        Ok(Some(KeyUse { op, key }))
     }
     pub fn bytes(&mut self) -> Result<&'a [u8], String> {
         let len = usize::from(self.u16()?);

@@ -3,7 +3,14 @@
 //!
 //! The schedule is data (`season.toml`), never code: it can be replaced while the engine runs
 //! (a postponement), and that replacement is a logged decision like any other.
+//!
+//! The rule, in the domain's terms: a receipt is *called* by the first wave (of the holder's
+//! province) whose cutoff covers it, and its holder registers once that wave opens; a later
+//! wave admits earlier receipts only if it says so (`admits_earlier_receipts`). So postponing
+//! the main wave closes registration for main-wave receipts even while the reserve wave is
+//! open. See [`Schedule::eligibility`] and [`Schedule::check_order`].
 
+use crate::calendar::{JalaliDate, format_tehran_jalali};
 use crate::catalog::{Catalog, ProvinceIdx};
 
 /// One stage a hold must pass, in the order they happen.
@@ -65,15 +72,80 @@ pub struct Wave {
     pub opens_at_ms: i64,
     /// The public ids of the provinces this wave opens; `None` means every province.
     pub provinces: Option<Vec<u32>>,
+    /// Whether this wave also admits receipts that an earlier-cutoff wave calls (a holder
+    /// called by a narrower wave that has not opened yet may register here). Default false:
+    /// a wave admits only the receipts it calls.
+    pub admits_earlier_receipts: bool,
+}
+
+impl Wave {
+    /// Whether this wave opens for province `province_id`.
+    pub fn includes(&self, province_id: u32) -> bool {
+        self.provinces
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&province_id))
+    }
+
+    /// Where both waves open.
+    fn overlap(&self, other: &Wave) -> Overlap {
+        let smallest =
+            |ids: &mut dyn Iterator<Item = u32>| ids.min().map_or(Overlap::None, Overlap::Province);
+        match (&self.provinces, &other.provinces) {
+            (None, None) => Overlap::Everywhere,
+            (Some(ids), None) | (None, Some(ids)) => smallest(&mut ids.iter().copied()),
+            (Some(a), Some(b)) => smallest(&mut a.iter().copied().filter(|id| b.contains(id))),
+        }
+    }
+}
+
+/// Where two waves both open.
+enum Overlap {
+    /// Both open in every province.
+    Everywhere,
+    /// They share provinces; this is the smallest public id among them.
+    Province(u32),
+    /// They share no province.
+    None,
+}
+
+/// Whether a new schedule may open a wider cutoff before a narrower one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WaveOrder {
+    /// Refuse it (the default): see [`Schedule::check_order`].
+    #[default]
+    Strict,
+    /// Accept it: the operator said so explicitly.
+    AllowWiderCutoffFirst,
+}
+
+/// A schedule that opens a wider cutoff strictly before a narrower one in some province,
+/// which [`Schedule::check_order`] refuses unless told to allow it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutOfOrder {
+    /// Index in [`Schedule::waves`] of the wave with the narrower cutoff (opening later).
+    pub narrower: usize,
+    /// Index of the wave with the wider cutoff (opening earlier).
+    pub wider: usize,
+    /// The province where both open (the smallest shared id); `None` when both open
+    /// everywhere.
+    pub province_id: Option<u32>,
+    /// The message: both waves, their cutoffs and openings, and the province.
+    pub message: String,
+}
+
+impl std::fmt::Display for OutOfOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
 }
 
 /// Why a holder may not reserve now, by the schedule alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotEligible {
-    /// No wave that would call this holder has opened yet; `opens_at_ms` is the earliest one
-    /// that will (none if no future wave calls the holder).
+    /// No wave that would admit this holder has opened yet; `opens_at_ms` is the earliest one
+    /// that will (none if no future wave admits the holder).
     NotOpen {
-        /// The earliest future opening that calls this holder, if any.
+        /// The earliest future opening that admits this holder, if any.
         opens_at_ms: Option<i64>,
     },
     /// Waves include the province, but the receipt is later than every one's cutoff, open or to
@@ -92,43 +164,92 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Returns `Ok(())` if and only if a wave that includes `province_id` has opened at or
-    /// before `now_ms` and its cutoff is not earlier than `receipt_day`; otherwise the precise
-    /// reason.
+    /// Returns `Ok(())` if and only if the holder of a receipt dated `receipt_day` in province
+    /// `province_id` may register at `now_ms`; otherwise the precise reason.
+    ///
+    /// Only the waves that include the province count. The holder is *called* by the
+    /// wave(s) with the smallest cutoff (`receipts_until_day`) on or after the receipt day:
+    /// the first wave whose cutoff covers the receipt. They may register once a wave that
+    /// calls them has opened, or once a wave with a cutoff covering the receipt that
+    /// [`Wave::admits_earlier_receipts`] has opened. Otherwise: [`NotEligible::NotCalled`] if
+    /// no wave covers the receipt (there are waves for the province), else
+    /// [`NotEligible::NotOpen`] with the earliest future opening of a wave that would admit
+    /// the holder (`None` when no wave includes the province at all).
     pub fn eligibility(
         &self,
         province_id: u32,
         receipt_day: i32,
         now_ms: i64,
     ) -> Result<(), NotEligible> {
-        let mut any_open = false;
-        let mut any_including = false;
+        let covering = || {
+            self.waves
+                .iter()
+                .filter(move |w| w.includes(province_id) && w.receipts_until_day >= receipt_day)
+        };
+        let Some(calling_cutoff) = covering().map(|w| w.receipts_until_day).min() else {
+            return if self.waves.iter().any(|w| w.includes(province_id)) {
+                Err(NotEligible::NotCalled)
+            } else {
+                Err(NotEligible::NotOpen { opens_at_ms: None })
+            };
+        };
         let mut next_opening: Option<i64> = None;
-        for wave in &self.waves {
-            let includes = wave
-                .provinces
-                .as_ref()
-                .is_none_or(|ids| ids.contains(&province_id));
-            if !includes {
+        for wave in covering() {
+            if wave.receipts_until_day != calling_cutoff && !wave.admits_earlier_receipts {
                 continue;
             }
-            any_including = true;
-            let calls = receipt_day <= wave.receipts_until_day;
             if wave.opens_at_ms <= now_ms {
-                if calls {
-                    return Ok(());
+                return Ok(());
+            }
+            next_opening = Some(next_opening.map_or(wave.opens_at_ms, |t| t.min(wave.opens_at_ms)));
+        }
+        Err(NotEligible::NotOpen {
+            opens_at_ms: next_opening,
+        })
+    }
+
+    /// Returns `Ok(())` if and only if, in every province, no wave opens strictly before
+    /// another wave of the province with a narrower cutoff; otherwise the first such pair (in
+    /// file order of the narrower wave, then of the wider one). A wider wave opening first
+    /// would leave the holders the narrower wave calls waiting while later receipts register,
+    /// which is never what a postponement of the narrower wave alone means; a season that
+    /// wants it says so (`allow_wider_cutoff_first`).
+    pub fn check_order(&self) -> Result<(), OutOfOrder> {
+        for (n, narrow) in self.waves.iter().enumerate() {
+            for (w, wide) in self.waves.iter().enumerate() {
+                if wide.receipts_until_day <= narrow.receipts_until_day
+                    || wide.opens_at_ms >= narrow.opens_at_ms
+                {
+                    continue;
                 }
-                any_open = true;
-            } else if calls {
-                next_opening =
-                    Some(next_opening.map_or(wave.opens_at_ms, |t| t.min(wave.opens_at_ms)));
+                let province_id = match narrow.overlap(wide) {
+                    Overlap::None => continue,
+                    Overlap::Everywhere => None,
+                    Overlap::Province(id) => Some(id),
+                };
+                let place = province_id.map_or("in every province".to_owned(), |id| {
+                    format!("in province {id}")
+                });
+                let message = format!(
+                    "wave {:?} (receipts until {}) opens at {} Tehran, before wave {:?} \
+                     (receipts until {}) opens at {} {place}: a wider cutoff must not open \
+                     before a narrower one (allow it explicitly with allow_wider_cutoff_first)",
+                    wide.name,
+                    day_text(wide.receipts_until_day),
+                    format_tehran_jalali(wide.opens_at_ms),
+                    narrow.name,
+                    day_text(narrow.receipts_until_day),
+                    format_tehran_jalali(narrow.opens_at_ms),
+                );
+                return Err(OutOfOrder {
+                    narrower: n,
+                    wider: w,
+                    province_id,
+                    message,
+                });
             }
         }
-        match (any_open || any_including, next_opening) {
-            // Waves exist for the province, but none (open or to come) reaches this receipt.
-            (true, None) => Err(NotEligible::NotCalled),
-            (_, opens_at_ms) => Err(NotEligible::NotOpen { opens_at_ms }),
-        }
+        Ok(())
     }
 
     /// Returns an error naming the first wave that lists a province id the catalog does not
@@ -173,10 +294,13 @@ impl Schedule {
         let Some(p) = catalog.provinces().get(usize::from(province)) else {
             return false;
         };
-        self.waves
-            .iter()
-            .any(|w| w.provinces.as_ref().is_none_or(|ids| ids.contains(&p.id)))
+        self.waves.iter().any(|w| w.includes(p.id))
     }
+}
+
+/// A day number as a Jalali date, or the bare number outside the supported years.
+fn day_text(day: i32) -> String {
+    JalaliDate::from_day_number(day).map_or_else(|_| format!("day {day}"), |d| d.to_string())
 }
 
 /// The season: schedule, stage deadlines and the waiting-list offer deadline.

@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use crate::catalog::{CaravanIdx, Catalog, HolderIdx, ProvinceIdx};
 use crate::model::{Reservation, ReservationId, ReservationView, Status};
-use crate::record::{Offer, Record};
+use crate::record::{KeyOp, KeyUse, Offer, Record};
 use crate::season::Schedule;
 use crate::sync::{AtomicI64, AtomicU32, Mutex};
 use crate::waitlist::Waitlist;
@@ -31,17 +31,43 @@ pub(crate) struct Ctx<'a> {
     pub caravan_local: &'a [u32],
 }
 
-/// A remembered `Idempotency-Key` of one holder.
+/// What a remembered `Idempotency-Key` was used for, with its target: a retry must ask for
+/// exactly this again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyedOp {
+    /// A reservation in this caravan.
+    Reserve { caravan: CaravanIdx },
+    /// A cancel, an accept or an operator event on this reservation.
+    On {
+        op: KeyOp,
+        reservation: ReservationId,
+    },
+    /// Joining the waiting list.
+    Join,
+}
+
+/// The original answer of a keyed decision, as a retry gets it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyAnswer {
+    /// The reservation `id` as the decision left it (its `updated` is the decision's time).
+    Reservation {
+        id: ReservationId,
+        status: Status,
+        stage: Option<crate::season::Stage>,
+        deadline_ms: Option<i64>,
+    },
+    /// The holder's place on the waiting list right after joining.
+    Place { position: u64 },
+}
+
+/// A remembered `Idempotency-Key` of one holder (an operator's event is remembered under the
+/// reservation's holder).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct IdempotencyEntry {
     pub key: Box<[u8]>,
-    pub caravan: CaravanIdx,
-    pub reservation: ReservationId,
+    pub op: KeyedOp,
     pub at_ms: i64,
-    /// The stage and deadline the reservation was created with: a retry gets the original
-    /// answer, not the reservation as it stands now.
-    pub stage: Option<crate::season::Stage>,
-    pub deadline_ms: Option<i64>,
+    pub answer: KeyAnswer,
 }
 
 /// The lock-free side of a shard: counters readers load without taking the lock.
@@ -192,6 +218,45 @@ impl ShardState {
             .find(|e| &*e.key == key && e.at_ms >= retained_since_ms)
     }
 
+    /// Remembers a keyed decision of the holder with local index `local`, forgetting their
+    /// oldest key beyond [`IDEMPOTENCY_KEYS_PER_HOLDER_MAX`].
+    fn remember(&mut self, local: u32, entry: IdempotencyEntry) {
+        let keys = self.idempotency.entry(local).or_default();
+        if keys.len() >= IDEMPOTENCY_KEYS_PER_HOLDER_MAX {
+            keys.remove(0);
+        }
+        keys.push(entry);
+    }
+
+    /// Remembers the keyed decision `keyed` on the reservation at `idx`, answering it as it
+    /// stands now (just after the decision was applied).
+    fn remember_on(
+        &mut self,
+        ctx: &Ctx<'_>,
+        keyed: &KeyUse,
+        idx: u32,
+        at_ms: i64,
+    ) -> Result<(), String> {
+        let r = &self.reservations[idx as usize];
+        let local = self.local_holder(ctx, r.holder)?;
+        let entry = IdempotencyEntry {
+            key: keyed.key.clone().into_boxed_slice(),
+            op: KeyedOp::On {
+                op: keyed.op,
+                reservation: r.id,
+            },
+            at_ms,
+            answer: KeyAnswer::Reservation {
+                id: r.id,
+                status: r.status,
+                stage: r.stage,
+                deadline_ms: r.deadline_ms,
+            },
+        };
+        self.remember(local, entry);
+        Ok(())
+    }
+
     fn local_holder(&self, ctx: &Ctx<'_>, holder: HolderIdx) -> Result<u32, String> {
         let h = ctx
             .catalog
@@ -309,18 +374,20 @@ impl ShardState {
                     counters.waiting.fetch_sub(1, Ordering::Relaxed);
                 }
                 if !idempotency_key.is_empty() {
-                    let keys = self.idempotency.entry(local).or_default();
-                    if keys.len() >= IDEMPOTENCY_KEYS_PER_HOLDER_MAX {
-                        keys.remove(0);
-                    }
-                    keys.push(IdempotencyEntry {
-                        key: idempotency_key.clone().into_boxed_slice(),
-                        caravan: *caravan,
-                        reservation: *id,
-                        at_ms: *at_ms,
-                        stage: *stage,
-                        deadline_ms: *deadline_ms,
-                    });
+                    self.remember(
+                        local,
+                        IdempotencyEntry {
+                            key: idempotency_key.clone().into_boxed_slice(),
+                            op: KeyedOp::Reserve { caravan: *caravan },
+                            at_ms: *at_ms,
+                            answer: KeyAnswer::Reservation {
+                                id: *id,
+                                status,
+                                stage: *stage,
+                                deadline_ms: *deadline_ms,
+                            },
+                        },
+                    );
                 }
                 self.push_timer(counters, *deadline_ms, idx);
             }
@@ -329,6 +396,7 @@ impl ShardState {
                 at_ms,
                 stage,
                 deadline_ms,
+                keyed,
             } => {
                 let idx = self
                     .find(*id)
@@ -350,14 +418,27 @@ impl ShardState {
                     counters.holds_live.fetch_sub(1, Ordering::Relaxed);
                 }
                 self.push_timer(counters, *deadline_ms, idx);
+                if let Some(keyed) = keyed {
+                    self.remember_on(ctx, keyed, idx, *at_ms)?;
+                }
             }
             Record::End {
                 id,
                 at_ms,
                 reason,
                 offer,
-            } => self.apply_end(ctx, counters, *id, *at_ms, *reason, offer.as_ref())?,
-            Record::Join { holder, at_ms: _ } => {
+                keyed,
+            } => {
+                self.apply_end(ctx, counters, *id, *at_ms, *reason, offer.as_ref())?;
+                if let Some(keyed) = keyed {
+                    self.remember_on(ctx, keyed, id.slot, *at_ms)?;
+                }
+            }
+            Record::Join {
+                holder,
+                at_ms,
+                keyed,
+            } => {
                 let local = self.local_holder(ctx, *holder)?;
                 if self.live_of(local).is_some() {
                     return Err(format!("holder {holder} joins while holding a seat"));
@@ -370,6 +451,18 @@ impl ShardState {
                     return Err(format!("holder {holder} is already waiting"));
                 }
                 counters.waiting.fetch_add(1, Ordering::Relaxed);
+                if let Some(keyed) = keyed {
+                    let position = self.waitlist.position(*holder).unwrap_or(0);
+                    self.remember(
+                        local,
+                        IdempotencyEntry {
+                            key: keyed.key.clone().into_boxed_slice(),
+                            op: KeyedOp::Join,
+                            at_ms: *at_ms,
+                            answer: KeyAnswer::Place { position },
+                        },
+                    );
+                }
             }
             Record::Schedule { waves, .. } => {
                 self.schedule = Arc::new(Schedule {

@@ -300,6 +300,7 @@ fn a_replaced_schedule_survives_restart() {
             receipts_until_day: common::CUTOFF_DAY,
             opens_at_ms: later,
             provinces: None,
+            admits_earlier_receipts: false,
         }])
         .unwrap();
     engine.wait(&c).unwrap();
@@ -316,4 +317,194 @@ fn a_replaced_schedule_survives_restart() {
     let (engine, report) = open(&storage, &clock).unwrap();
     assert!(report.schedule_from_log, "kept through a snapshot too");
     assert_eq!(engine.schedule().waves[0].opens_at_ms, later);
+}
+
+/// A wave list as logs and snapshots wrote it before waves had `admits_earlier_receipts`:
+/// one wave for every province.
+fn old_waves(out: &mut Vec<u8>, name: &str, until_day: i32, opens_at_ms: i64) {
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&until_day.to_le_bytes());
+    out.extend_from_slice(&opens_at_ms.to_le_bytes());
+    out.extend_from_slice(&0xFFFFu16.to_le_bytes());
+}
+
+/// A log of the given catalog's shape, written by hand through the log's own API.
+fn old_log(storage: &MemStorage) -> Arc<miqat_engine::wal::Wal> {
+    use miqat_engine::wal::{Wal, WalConfig};
+    let provinces = catalog(3).provinces().len();
+    let config = WalConfig {
+        log_tag: catalog(3).fingerprint(),
+        ..WalConfig::default()
+    };
+    let storage: Arc<dyn Storage> = Arc::new(storage.clone());
+    Wal::open(storage, config, 1, vec![0; provinces + 1]).unwrap()
+}
+
+#[test]
+fn a_schedule_record_of_the_old_kind_still_recovers() {
+    let storage = MemStorage::new();
+    let later = T0 + 3_600_000;
+    let wal = old_log(&storage);
+    let mut payload = T0.to_le_bytes().to_vec();
+    old_waves(&mut payload, "postponed", common::CUTOFF_DAY, later);
+    let global = catalog(3).provinces().len() as u16;
+    // Kind 5: the schedule record as it was written before the flags byte.
+    let ticket = wal.append(global, 5, &payload).unwrap();
+    wal.wait_durable(ticket).unwrap();
+    wal.shutdown().unwrap();
+    drop(wal);
+    let clock = ManualClock::new(T0);
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert!(report.schedule_from_log);
+    let waves = &engine.schedule().waves;
+    assert_eq!(waves.len(), 1);
+    assert_eq!(
+        (
+            waves[0].name.as_str(),
+            waves[0].opens_at_ms,
+            waves[0].admits_earlier_receipts
+        ),
+        ("postponed", later, false)
+    );
+    assert!(matches!(
+        reserve(&engine, 1000, "a1"),
+        Err(EngineError::RegistrationNotOpen { opens_at_ms: Some(t) }) if t == later
+    ));
+}
+
+#[test]
+fn a_version_1_snapshot_still_recovers() {
+    let storage = MemStorage::new();
+    let later = T0 + 3_600_000;
+    let wal = old_log(&storage);
+    let cat = catalog(3);
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&1u32.to_le_bytes());
+    payload.extend_from_slice(&cat.fingerprint().to_le_bytes());
+    payload.extend_from_slice(&(cat.provinces().len() as u32).to_le_bytes());
+    payload.extend_from_slice(&0u64.to_le_bytes()); // the global shard's cut
+    payload.push(1); // the schedule was replaced
+    old_waves(&mut payload, "postponed", common::CUTOFF_DAY, later);
+    for _ in cat.provinces() {
+        payload.extend_from_slice(&0u64.to_le_bytes()); // cut
+        payload.extend_from_slice(&0u64.to_le_bytes()); // next join sequence
+        for _ in 0..3 {
+            payload.extend_from_slice(&0u32.to_le_bytes()); // reservations, waiting, keys
+        }
+    }
+    wal.write_snapshot(0, &payload).unwrap();
+    wal.shutdown().unwrap();
+    drop(wal);
+    let clock = ManualClock::new(T0);
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert!(report.schedule_from_log);
+    let waves = &engine.schedule().waves;
+    assert_eq!(
+        (waves[0].opens_at_ms, waves[0].admits_earlier_receipts),
+        (later, false)
+    );
+    // A new snapshot is written in the current version and reads back the same.
+    engine.snapshot().unwrap();
+    drop(engine);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    assert_eq!(engine.schedule().waves[0].opens_at_ms, later);
+}
+
+#[test]
+fn admits_earlier_receipts_survives_restart_through_the_log_and_a_snapshot() {
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    let hour = 3_600_000;
+    let waves = vec![
+        Wave {
+            name: "main".into(),
+            receipts_until_day: common::CUTOFF_DAY - 1,
+            opens_at_ms: T0 + hour,
+            provinces: None,
+            admits_earlier_receipts: false,
+        },
+        Wave {
+            name: "reserve".into(),
+            receipts_until_day: common::CUTOFF_DAY,
+            opens_at_ms: T0 + 2 * hour,
+            provinces: Some(vec![1]),
+            admits_earlier_receipts: true,
+        },
+    ];
+    let c = engine.replace_schedule(waves.clone()).unwrap();
+    engine.wait(&c).unwrap();
+    drop(engine);
+    storage.crash();
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert_eq!(report.records_replayed, 1);
+    assert_eq!(engine.schedule().waves, waves);
+    engine.snapshot().unwrap();
+    drop(engine);
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert_eq!(report.records_replayed, 0, "from the snapshot alone");
+    assert_eq!(engine.schedule().waves, waves);
+}
+
+#[test]
+fn the_log_record_count_continues_across_restarts() {
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    assert_eq!(engine.log_records_total(), Some(0));
+    reserve(&engine, 1000, "a1").unwrap();
+    reserve(&engine, 1001, "a1").unwrap();
+    assert_eq!(engine.log_records_total(), Some(2));
+    engine.snapshot().unwrap();
+    drop(engine);
+    storage.crash();
+    let (engine, _) = open(&storage, &clock).unwrap();
+    assert_eq!(engine.log_records_total(), Some(2));
+    reserve(&engine, 1003, "b1").unwrap();
+    assert_eq!(engine.log_records_total(), Some(3));
+}
+
+#[test]
+fn keys_of_every_keyed_write_survive_restarts_through_the_log_and_a_snapshot() {
+    use miqat_engine::model::OperatorEvent;
+    let storage = MemStorage::new();
+    let clock = ManualClock::new(T0);
+    let (engine, _) = open(&storage, &clock).unwrap();
+    let id = reserve(&engine, 1000, "a1").unwrap();
+    let holder = engine.catalog().holder_by_national_id(1000).unwrap();
+    let event = engine
+        .operator_event_keyed(id, OperatorEvent::DocumentsReceived, Some(b"e1"))
+        .unwrap();
+    engine.wait(&event).unwrap();
+    let cancel = engine.cancel_outcome(holder, id, Some(b"c1")).unwrap();
+    engine.wait(&cancel).unwrap();
+    let (event_view, cancel_view) = (event.value.0, cancel.value.0);
+    let check = |engine: &Engine| {
+        // Each key answers its own original decision again, and only that one.
+        let again = engine
+            .operator_event_keyed(id, OperatorEvent::DocumentsReceived, Some(b"e1"))
+            .unwrap()
+            .value;
+        assert_eq!(again, (event_view.clone(), true));
+        let again = engine
+            .cancel_outcome(holder, id, Some(b"c1"))
+            .unwrap()
+            .value;
+        assert_eq!(again, (cancel_view.clone(), true));
+        let reused = engine.join_waitlist_keyed(holder, Some(b"e1")).unwrap_err();
+        assert_eq!(reused.code(), "idempotency_key_reused");
+    };
+    check(&engine);
+    drop(engine);
+    storage.crash();
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert_eq!(report.records_replayed, 3, "replayed from the log");
+    check(&engine);
+    engine.snapshot().unwrap();
+    drop(engine);
+    let (engine, report) = open(&storage, &clock).unwrap();
+    assert_eq!(report.records_replayed, 0, "restored from the snapshot");
+    check(&engine);
 }

@@ -242,7 +242,15 @@ fn cancel_frees_the_seat_and_only_the_owner_sees_the_reservation() {
     let v = w.engine.cancel(w.holder(1000), id).unwrap().value;
     assert_eq!(v.status, Status::Cancelled);
     assert_eq!(w.free("a2"), 1);
-    check_err(w.engine.cancel(w.holder(1000), id), "InvalidTransition");
+    // A repeated cancel answers the cancelled reservation again and decides nothing.
+    w.clock.advance(1_000);
+    let again = w
+        .engine
+        .cancel_outcome(w.holder(1000), id, None)
+        .unwrap()
+        .value;
+    assert_eq!(again, (v.clone(), true));
+    assert_eq!(w.free("a2"), 1);
     w.reserve(1001, "a2").unwrap();
     // A choice is final: the holder who cancelled cannot take another seat or wait for one.
     check_err(w.reserve(1000, "a1"), "RegistrationEnded");
@@ -361,6 +369,7 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
             receipts_until_day: common::CUTOFF_DAY,
             opens_at_ms: later,
             provinces: Some(vec![1]),
+            admits_earlier_receipts: false,
         }])
         .unwrap();
     let err = w.reserve(1000, "a1").unwrap_err();
@@ -380,6 +389,7 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
             receipts_until_day: 0,
             opens_at_ms: 0,
             provinces: Some(vec![77]),
+            admits_earlier_receipts: false,
         }]),
         "InvalidField",
     );
@@ -388,6 +398,7 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
         receipts_until_day: 0,
         opens_at_ms: 0,
         provinces,
+        admits_earlier_receipts: false,
     };
     check_err(
         w.engine

@@ -130,15 +130,10 @@ fn national_data_set_shape() {
     let share = f64::from(medina_first) / caravans.len() as f64;
     assert!((0.52..=0.68).contains(&share), "medina_first share {share}");
     assert_eq!(city_seats.values().sum::<u64>(), 85_850);
-    // Caravans hold 115-160 seats except in cities too small for that.
+    // Caravans hold 115-160 seats, as the contract says.
     for c in &caravans {
         let capacity: u64 = c["capacity"].parse().unwrap();
-        let city_total = city_seats[&(c["province_id"].clone(), c["city"].clone())];
-        if city_total >= 345 {
-            assert!((115..=160).contains(&capacity), "{c:?}");
-        } else if city_total >= 230 {
-            assert!((115..=190).contains(&capacity), "{c:?}");
-        }
+        assert!((115..=160).contains(&capacity), "{c:?}");
     }
     assert!(city_seats.contains_key(&("2".to_owned(), "Neyshabur".to_owned())));
     assert!(city_seats.contains_key(&("3".to_owned(), "Kashan".to_owned())));
@@ -309,4 +304,44 @@ fn defaults_are_the_national_figures() {
     let c = GenConfig::default();
     assert_eq!((c.holders, c.seats, c.seed), (1_000_000, 85_850, 1399));
     assert_eq!(c.opens_at, None);
+}
+
+#[test]
+fn every_caravan_holds_115_to_160_and_province_totals_stay_exact() {
+    for (seats, seed) in [
+        (85_850, 1399),
+        (85_850, 7),
+        (87_500, 1),
+        (60_000, 2),
+        (120_000, 3),
+        (200_001, 4),
+        (30_000, 5),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let report = run(dir.path(), &config(2_000, seats, seed));
+        assert_eq!(report.seats, seats);
+        let provinces = rows(&dir.path().join("provinces.csv"));
+        let mut by_province: HashMap<String, u64> = HashMap::new();
+        let caravans = rows(&dir.path().join("caravans.csv"));
+        assert_eq!(caravans.len(), report.caravans);
+        for c in &caravans {
+            let capacity: u64 = c["capacity"].parse().unwrap();
+            assert!(
+                (115..=160).contains(&capacity),
+                "{seats} seats, seed {seed}: {c:?}"
+            );
+            *by_province.entry(c["province_id"].clone()).or_default() += capacity;
+        }
+        for p in &provinces {
+            let expected: u64 = p["seats"].parse().unwrap();
+            assert_eq!(
+                by_province.get(&p["id"]).copied().unwrap_or(0),
+                expected,
+                "{seats} seats, seed {seed}: province {}",
+                p["id"]
+            );
+        }
+        let average = seats as f64 / caravans.len() as f64;
+        assert!((135.0..=155.0).contains(&average), "average {average}");
+    }
 }

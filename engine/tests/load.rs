@@ -671,6 +671,7 @@ fn schedule_and_season_round_trip() {
                 receipts_until_day: day("1386/01/31"),
                 opens_at_ms: ms("1398/12/09 10:00"),
                 provinces: Some(vec![1, 2]),
+                admits_earlier_receipts: false,
             },
             Wave {
                 name: "afternoon".to_owned(),
@@ -678,6 +679,7 @@ fn schedule_and_season_round_trip() {
                 // Sub-second precision is written as RFC 3339.
                 opens_at_ms: ms("1398/12/21 15:00") + 250,
                 provinces: None,
+                admits_earlier_receipts: false,
             },
             Wave {
                 name: "fold".to_owned(),
@@ -685,6 +687,7 @@ fn schedule_and_season_round_trip() {
                 // The second 23:30 of the night summer time ended: a wall clock cannot name it.
                 opens_at_ms: ms("2021-09-21T20:00:00Z"),
                 provinces: Some(vec![2]),
+                admits_earlier_receipts: false,
             },
         ],
     };
@@ -723,4 +726,72 @@ fn line_numbers_are_right_in_crlf_files_too() {
     let caravans =
         caravans_with("C2,2,Qom,M,0,A,medina_first,1399/04/10,1,0").replace('\n', "\r\n");
     check("caravans.csv", &caravans, 3, "capacity", "");
+}
+
+#[test]
+fn a_wider_cutoff_opening_first_is_refused_unless_the_season_allows_it() {
+    // The generated season with only the main wave moved into the future (after reserve).
+    let dir = tempfile::tempdir().unwrap();
+    let config = GenConfig {
+        holders: 50,
+        seats: 3_000,
+        ..GenConfig::default()
+    };
+    generate(dir.path(), &config, &mut |_| {}).unwrap();
+    let text = std::fs::read_to_string(dir.path().join("season.toml")).unwrap();
+    let moved = text.replacen("1398/12/09 10:00", "1398/12/28 10:00", 1);
+    assert_ne!(moved, text);
+    let catalog = load_catalog(dir.path()).unwrap();
+    let err = parse_season(&moved, "season.toml", &catalog)
+        .unwrap_err()
+        .to_string();
+    let reserve_line = moved
+        .lines()
+        .position(|l| l.starts_with("opens_at = \"1398/12/21"))
+        .unwrap()
+        + 1;
+    let expected = format!("season.toml line {reserve_line}, field opens_at: ");
+    assert!(err.contains(&expected), "{err:?} lacks {expected:?}");
+    for words in [
+        "\"reserve\"",
+        "\"main\"",
+        "1398/12/21 10:00",
+        "1398/12/28 10:00",
+        "in every province",
+        "allow_wider_cutoff_first",
+    ] {
+        assert!(err.contains(words), "{err:?} lacks {words}");
+    }
+    // Told explicitly, it loads; and admits_earlier_receipts is read per wave.
+    let allowed = format!("allow_wider_cutoff_first = true\n{moved}").replacen(
+        "name = \"reserve\"",
+        "name = \"reserve\"\nadmits_earlier_receipts = true",
+        1,
+    );
+    let season = parse_season(&allowed, "season.toml", &catalog).unwrap();
+    let flags: Vec<bool> = season
+        .schedule
+        .waves
+        .iter()
+        .map(|w| w.admits_earlier_receipts)
+        .collect();
+    assert_eq!(flags, [false, true]);
+    // Written back, the schedule says both again and reads back the same.
+    let written = schedule_to_toml(&season.schedule);
+    assert!(
+        written.starts_with("allow_wider_cutoff_first = true\n"),
+        "{written}"
+    );
+    assert_eq!(
+        parse_season(&written, "season.toml", &catalog)
+            .unwrap()
+            .schedule,
+        season.schedule
+    );
+    // A wider wave for one province opening before the main wave names that province.
+    let staggered = SEASON.replace(
+        "opens_at = \"2020-03-11T11:30:00Z\"",
+        "opens_at = \"2020-02-28T06:00:00Z\"",
+    );
+    refuse_season(&staggered, 10, "opens_at", "in province 1");
 }

@@ -95,6 +95,8 @@ struct MRes {
     status: Status,
     stage: Option<Stage>,
     deadline_ms: Option<i64>,
+    /// Ended by the holder's own cancel (a repeated cancel answers it again).
+    cancelled_by_holder: bool,
 }
 
 /// The reference: the registration rules written as plainly as possible.
@@ -182,6 +184,7 @@ impl Model {
                 status: Status::Offered,
                 stage: None,
                 deadline_ms: Some(self.now_ms + OFFER_MS),
+                cancelled_by_holder: false,
             });
             self.latest.insert(holder, self.res.len() - 1);
         }
@@ -218,14 +221,13 @@ impl Model {
                 key,
             } => self.reserve(holder, caravan, key),
             Op::Cancel { holder } => self.on_latest(holder, |m, i| match m.res[i].status {
-                Status::Offered | Status::Held => {
+                Status::Offered | Status::Held | Status::Confirmed => {
                     m.end(i, Status::Cancelled);
+                    m.res[i].cancelled_by_holder = true;
                     Outcome::Ok
                 }
-                Status::Confirmed => {
-                    m.end(i, Status::Cancelled);
-                    Outcome::Ok
-                }
+                // A repeated cancel answers the cancelled reservation again.
+                Status::Cancelled if m.res[i].cancelled_by_holder => Outcome::Ok,
                 _ => Model::err("InvalidTransition"),
             }),
             Op::Accept { holder } => self.on_latest(holder, |m, i| {
@@ -350,6 +352,7 @@ impl Model {
             status: Status::Held,
             stage: Some(Stage::Documents),
             deadline_ms: Some(self.now_ms + STAGES_MS[0]),
+            cancelled_by_holder: false,
         });
         let i = self.res.len() - 1;
         self.latest.insert(holder, i);

@@ -84,6 +84,7 @@ pub fn season() -> Season {
                 receipts_until_day: CUTOFF_DAY,
                 opens_at_ms: T0,
                 provinces: None,
+                admits_earlier_receipts: false,
             }],
         },
         stages: vec![

@@ -9,15 +9,15 @@ use crossbeam::utils::CachePadded;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
-use crate::catalog::{CaravanIdx, Catalog, HolderIdx, ProvinceIdx, ReceiptStatus};
+use crate::catalog::{CaravanIdx, Catalog, HolderIdx, ProvinceIdx};
 use crate::clock::Clock;
 use crate::error::EngineError;
+use crate::machine::{Command, Ctx, Decision, Reply, Shard, ShardState, decide, decide_schedule};
 use crate::model::{
     EndReason, OperatorEvent, ReservationId, ReservationView, Status, WaitlistPlace, WaitlistStatus,
 };
-use crate::record::{KeyOp, KeyUse, Offer, Record};
-use crate::season::{NotEligible, Schedule, Season, Wave, WaveOrder};
-use crate::shard::{Ctx, KeyAnswer, KeyedOp, Shard, ShardState};
+use crate::record::Record;
+use crate::season::{Schedule, Season, Wave, WaveOrder};
 use crate::sync::{AtomicI64, Mutex};
 use crate::wal::{Durability, MissingRecords, Ticket, Wal};
 
@@ -289,13 +289,263 @@ impl Engine {
         Ctx {
             catalog: &self.catalog,
             caravan_local: &self.caravan_local,
+            season: &self.season,
+            price_rank: &self.price_rank,
+            idempotency_retention_ms: self.config.idempotency_retention_ms,
         }
     }
 
-    /// The id of the next reservation of `st`'s shard, with a fresh 128-bit secret.
-    fn new_id(&self, st: &ShardState) -> ReservationId {
-        let rng = usize::from(st.province) % self.rng.len();
-        st.next_id(self.rng[rng].lock().random())
+    /// A fresh 128-bit secret for the id of a reservation shard `p` may create: the only
+    /// randomness a decision uses, drawn here so that `decide` stays pure.
+    fn new_secret(&self, p: usize) -> u128 {
+        self.rng[p % self.rng.len()].lock().random()
+    }
+
+    /// Decides `command` on shard `p` (locked as `st`) and carries the decision out: logs and
+    /// applies its record, and reads the answer from the state. Returns the reply, whether it
+    /// was a retry's original answer, and the ticket to wait on.
+    fn run(
+        &self,
+        p: usize,
+        st: &mut ShardState,
+        command: Command<'_>,
+        now_ms: i64,
+    ) -> Result<(Reply, Option<Ticket>), EngineError> {
+        let secret = self.new_secret(p);
+        match decide(st, &self.ctx(), command, now_ms, secret)? {
+            Decision::Commit { record, reply } => {
+                let ticket = self.commit_decided(p, st, &record, now_ms)?;
+                Ok((reply, ticket))
+            }
+            Decision::CommitThenRefuse { record, refusal } => {
+                self.commit_decided(p, st, &record, now_ms)?;
+                Err(refusal)
+            }
+            // What is staged may be the decision this request retries: it must be durable
+            // before the answer leaves.
+            Decision::Answer(reply) => Ok((reply, self.ticket_for_staged(p))),
+        }
+    }
+
+    /// Commits a decided record, counting expiries and waking the expiry thread for a new
+    /// earlier deadline.
+    fn commit_decided(
+        &self,
+        p: usize,
+        st: &mut ShardState,
+        record: &Record,
+        now_ms: i64,
+    ) -> Result<Option<Ticket>, EngineError> {
+        let expired_deadline = match record {
+            Record::End {
+                id,
+                reason: EndReason::StageExpired | EndReason::OfferExpired,
+                ..
+            } => st
+                .reservations
+                .get(id.slot as usize)
+                .and_then(|r| r.deadline_ms),
+            _ => None,
+        };
+        let ticket = self.commit(p, st, record)?;
+        if let Some(deadline_ms) = expired_deadline {
+            self.note_expiry(now_ms - deadline_ms);
+        }
+        self.wake_expiry_if_earlier(record.new_deadline_ms());
+        Ok(ticket)
+    }
+
+    fn note_expiry(&self, lateness_ms: i64) {
+        self.expirations.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("miqat_expirations_total").increment(1);
+        metrics::histogram!("miqat_expiry_lateness_seconds")
+            .record(lateness_ms.max(0) as f64 / 1000.0);
+    }
+
+    /// The reservation a reply names, as the state shows it, with whether nothing new was
+    /// decided.
+    fn reservation_reply(
+        &self,
+        st: &ShardState,
+        reply: Reply,
+    ) -> Result<(ReservationView, bool), EngineError> {
+        match reply {
+            Reply::Reservation { slot, again } => Ok((
+                st.view(&self.catalog, slot)
+                    .ok_or(EngineError::ReservationNotFound)?,
+                again,
+            )),
+            Reply::Replayed(view) => Ok((view, true)),
+            _ => Err(EngineError::IdempotencyKeyReused),
+        }
+    }
+
+    /// Runs a command that answers with a reservation, on shard `p`.
+    fn run_on_reservation(
+        &self,
+        p: usize,
+        command: Command<'_>,
+    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
+        let shard = self.shards.get(p).ok_or(EngineError::ReservationNotFound)?;
+        let now_ms = self.now_ms();
+        let mut st = shard.state.lock();
+        let (reply, ticket) = self.run(p, &mut st, command, now_ms)?;
+        let value = self.reservation_reply(&st, reply)?;
+        Ok(Committed { value, ticket })
+    }
+
+    /// The shard of `holder`'s province.
+    fn holder_shard(&self, holder: HolderIdx) -> Result<usize, EngineError> {
+        let h = self
+            .catalog
+            .holder_facts(holder)
+            .ok_or(EngineError::InvalidCredentials)?;
+        Ok(usize::from(h.province))
+    }
+
+    /// Reserves a seat in `caravan` for `holder`, or says precisely why not. With an
+    /// idempotency key seen before for this holder and caravan, returns the original
+    /// reservation (`replayed`); with the same key and another caravan, refuses.
+    pub fn reserve(
+        &self,
+        holder: HolderIdx,
+        caravan: CaravanIdx,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<ReserveOutcome>, EngineError> {
+        let p = self.holder_shard(holder)?;
+        self.catalog
+            .caravans()
+            .get(caravan as usize)
+            .ok_or(EngineError::CaravanNotFound)?;
+        let key = checked_key(idempotency_key)?;
+        let done = self.run_on_reservation(
+            p,
+            Command::Reserve {
+                holder,
+                caravan,
+                key,
+            },
+        )?;
+        let (reservation, replayed) = done.value;
+        Ok(Committed {
+            value: ReserveOutcome {
+                reservation,
+                replayed,
+            },
+            ticket: done.ticket,
+        })
+    }
+
+    /// Cancels the holder's reservation `id` (declines it, if it is an offer); its seat goes
+    /// to the waiting list or back to the pool. Cancelling a reservation the holder already
+    /// cancelled (or an offer they declined) decides nothing and answers it again, so a
+    /// retried cancel gets the same answer; one that ended otherwise (expired, rejected, a
+    /// death) is an invalid transition. See [`Engine::cancel_outcome`] to tell them apart.
+    pub fn cancel(
+        &self,
+        holder: HolderIdx,
+        id: ReservationId,
+    ) -> Result<Committed<ReservationView>, EngineError> {
+        first_of(self.cancel_outcome(holder, id, None)?)
+    }
+
+    /// [`Engine::cancel`] under an optional `Idempotency-Key`, with `true` beside the view if
+    /// and only if nothing new was decided: a retry with a key seen before for this cancel
+    /// (the original answer), or a reservation the holder had already cancelled. A key seen
+    /// before for another request is refused ([`EngineError::IdempotencyKeyReused`]).
+    pub fn cancel_outcome(
+        &self,
+        holder: HolderIdx,
+        id: ReservationId,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
+        let p = self.holder_shard(holder)?;
+        self.run_on_reservation(p, Command::Cancel { holder, id, key })
+    }
+
+    /// Accepts the waiting-list offer `id` of `holder`: it becomes a hold at the first stage.
+    pub fn accept_offer(
+        &self,
+        holder: HolderIdx,
+        id: ReservationId,
+    ) -> Result<Committed<ReservationView>, EngineError> {
+        first_of(self.accept_offer_keyed(holder, id, None)?)
+    }
+
+    /// [`Engine::accept_offer`] under an optional `Idempotency-Key`: a retry with a key seen
+    /// before for this accept answers the original (`true` beside it); a key seen for another
+    /// request is refused.
+    pub fn accept_offer_keyed(
+        &self,
+        holder: HolderIdx,
+        id: ReservationId,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
+        let p = self.holder_shard(holder)?;
+        self.run_on_reservation(p, Command::Accept { holder, id, key })
+    }
+
+    /// Applies an operator's event to reservation `id`: completes the pending stage (the last
+    /// one confirms), or ends the registration for a medical rejection or a death.
+    pub fn operator_event(
+        &self,
+        id: ReservationId,
+        event: OperatorEvent,
+    ) -> Result<Committed<ReservationView>, EngineError> {
+        first_of(self.operator_event_keyed(id, event, None)?)
+    }
+
+    /// [`Engine::operator_event`] under an optional `Idempotency-Key` (remembered with the
+    /// reservation's holder): a retry with a key seen before for this event on this
+    /// reservation answers the original (`true` beside it); a key seen for another request is
+    /// refused.
+    pub fn operator_event_keyed(
+        &self,
+        id: ReservationId,
+        event: OperatorEvent,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
+        self.run_on_reservation(usize::from(id.shard), Command::Event { id, event, key })
+    }
+
+    /// Puts `holder` on their province's waiting list (or reports their place if already
+    /// there). Refused while the holder's city still has free seats, while they hold a seat,
+    /// and whenever they could not reserve by the schedule.
+    pub fn join_waitlist(
+        &self,
+        holder: HolderIdx,
+    ) -> Result<Committed<WaitlistPlace>, EngineError> {
+        first_of(self.join_waitlist_keyed(holder, None)?)
+    }
+
+    /// [`Engine::join_waitlist`] under an optional `Idempotency-Key`: a retry with a key seen
+    /// before for a join answers the place the holder got then (`true` beside it), whatever
+    /// happened since; a key seen for another request is refused.
+    pub fn join_waitlist_keyed(
+        &self,
+        holder: HolderIdx,
+        idempotency_key: Option<&[u8]>,
+    ) -> Result<Committed<(WaitlistPlace, bool)>, EngineError> {
+        let key = checked_key(idempotency_key)?;
+        let p = self.holder_shard(holder)?;
+        let now_ms = self.now_ms();
+        let mut st = self.shards[p].state.lock();
+        let (reply, ticket) = self.run(p, &mut st, Command::Join { holder, key }, now_ms)?;
+        let (position, replayed) = match reply {
+            Reply::PlaceReplayed(position) => (position, true),
+            _ => (st.waitlist.position(holder).unwrap_or(0), false),
+        };
+        let place = WaitlistPlace {
+            province: st.province,
+            position,
+        };
+        Ok(Committed {
+            value: (place, replayed),
+            ticket,
+        })
     }
 
     /// Returns the holder if and only if `national_id` is listed and `tracking_code` is theirs.
@@ -362,223 +612,6 @@ impl Engine {
         self.ticket_for_staged(usize::from(h.province))
     }
 
-    /// Reserves a seat in `caravan` for `holder`, or says precisely why not. With an
-    /// idempotency key seen before for this holder and caravan, returns the original
-    /// reservation (`replayed`); with the same key and another caravan, refuses.
-    pub fn reserve(
-        &self,
-        holder: HolderIdx,
-        caravan: CaravanIdx,
-        idempotency_key: Option<&[u8]>,
-    ) -> Result<Committed<ReserveOutcome>, EngineError> {
-        let h = self
-            .catalog
-            .holder_facts(holder)
-            .ok_or(EngineError::InvalidCredentials)?;
-        let c = self
-            .catalog
-            .caravans()
-            .get(caravan as usize)
-            .ok_or(EngineError::CaravanNotFound)?;
-        let key = checked_key(idempotency_key)?;
-        let now_ms = self.now_ms();
-        let p = usize::from(h.province);
-        let shard = &self.shards[p];
-        let mut st = shard.state.lock();
-        if let Some((at_ms, answer)) =
-            self.key_replay(&st, h.local, key, KeyedOp::Reserve { caravan }, now_ms)?
-        {
-            // The original answer: the reservation as it was created, whatever happened to it
-            // since.
-            let reservation = self.replayed_view(&st, at_ms, answer)?;
-            return Ok(Committed {
-                value: ReserveOutcome {
-                    reservation,
-                    replayed: true,
-                },
-                ticket: self.ticket_for_staged(p),
-            });
-        }
-        if h.receipt_status == ReceiptStatus::NeedsConversion {
-            return Err(EngineError::ReceiptNeedsConversion);
-        }
-        if c.province != h.province || c.city != h.city {
-            return Err(EngineError::ProvinceMismatch);
-        }
-        self.check_schedule(&st.schedule, h.province, h.receipt_day, now_ms)?;
-        Self::check_first_registration(&st, h.local)?;
-        let slot = self.caravan_local[caravan as usize] as usize;
-        if st.occupied[slot] >= c.capacity {
-            return Err(EngineError::CaravanFull {
-                alternatives: self.alternatives(h.city, caravan, holder),
-            });
-        }
-        let (stage, deadline_ms) = self.first_stage(now_ms);
-        let record = Record::Reserve {
-            id: self.new_id(&st),
-            holder,
-            caravan,
-            at_ms: now_ms,
-            stage,
-            deadline_ms,
-            idempotency_key: key.to_vec(),
-        };
-        let ticket = self.commit(p, &mut st, &record)?;
-        let idx = st.latest[h.local as usize];
-        let reservation = st
-            .view(&self.catalog, idx)
-            .ok_or(EngineError::ReservationNotFound)?;
-        drop(st);
-        self.wake_expiry_if_earlier(deadline_ms);
-        Ok(Committed {
-            value: ReserveOutcome {
-                reservation,
-                replayed: false,
-            },
-            ticket,
-        })
-    }
-
-    /// If `key` (non-empty) was used by the holder with local index `local` and is still
-    /// retained: `Ok(Some(original answer))` if it was used for `op`, and
-    /// [`EngineError::IdempotencyKeyReused`] if for anything else. `Ok(None)` for a new key
-    /// or none.
-    fn key_replay(
-        &self,
-        st: &ShardState,
-        local: u32,
-        key: &[u8],
-        op: KeyedOp,
-        now_ms: i64,
-    ) -> Result<Option<(i64, KeyAnswer)>, EngineError> {
-        if key.is_empty() {
-            return Ok(None);
-        }
-        let since = now_ms.saturating_sub(self.config.idempotency_retention_ms);
-        match st.idempotency_lookup(local, key, since) {
-            None => Ok(None),
-            Some(entry) if entry.op == op => Ok(Some((entry.at_ms, entry.answer))),
-            Some(_) => Err(EngineError::IdempotencyKeyReused),
-        }
-    }
-
-    /// The reservation a replayed answer names, as the keyed decision left it at `at_ms`.
-    fn replayed_view(
-        &self,
-        st: &ShardState,
-        at_ms: i64,
-        answer: KeyAnswer,
-    ) -> Result<ReservationView, EngineError> {
-        let KeyAnswer::Reservation {
-            id,
-            status,
-            stage,
-            deadline_ms,
-        } = answer
-        else {
-            return Err(EngineError::IdempotencyKeyReused);
-        };
-        let idx = st.find(id).ok_or(EngineError::ReservationNotFound)?;
-        let mut view = st
-            .view(&self.catalog, idx)
-            .ok_or(EngineError::ReservationNotFound)?;
-        view.status = status;
-        view.stage = stage;
-        view.deadline_ms = deadline_ms;
-        view.updated_ms = at_ms;
-        if status.is_live() {
-            view.end_reason = None;
-        }
-        Ok(view)
-    }
-
-    /// A holder registers once a season: a live reservation answers `already_reserved`; an
-    /// ended one (cancelled, expired, rejected, a declined or lapsed offer) answers
-    /// `registration_ended`, since a choice is final and a death or medical rejection ends the
-    /// registration for good.
-    fn check_first_registration(st: &ShardState, local: u32) -> Result<(), EngineError> {
-        let Some(&latest) = st.latest.get(local as usize) else {
-            return Ok(());
-        };
-        let Some(r) = st.reservations.get(latest as usize) else {
-            return Ok(());
-        };
-        if r.status.is_live() {
-            Err(EngineError::AlreadyReserved { reservation: r.id })
-        } else {
-            Err(EngineError::RegistrationEnded { reservation: r.id })
-        }
-    }
-
-    fn check_schedule(
-        &self,
-        schedule: &Schedule,
-        province: ProvinceIdx,
-        receipt_day: i32,
-        now_ms: i64,
-    ) -> Result<(), EngineError> {
-        let province_id = self.catalog.provinces()[usize::from(province)].id;
-        schedule
-            .eligibility(province_id, receipt_day, now_ms)
-            .map_err(|why| match why {
-                NotEligible::NotOpen { opens_at_ms } => {
-                    EngineError::RegistrationNotOpen { opens_at_ms }
-                }
-                NotEligible::NotCalled => EngineError::NotCalled,
-            })
-    }
-
-    fn first_stage(&self, now_ms: i64) -> (Option<crate::season::Stage>, Option<i64>) {
-        match self.season.stage_at(0) {
-            Some((stage, length_ms)) => (Some(stage), Some(now_ms.saturating_add(length_ms))),
-            None => (None, None),
-        }
-    }
-
-    /// Up to [`ALTERNATIVES_MAX`] caravans of `city` with free seats, other than `asked`,
-    /// read from the lock-free counters, closest to `asked` first: the same route first, then
-    /// the nearest price group (by rank in the catalog's sorted price groups), then the
-    /// nearest departure date. Caravans equally close are ordered by a hash of `holder` and
-    /// the caravan, so holders refused on the same caravan are spread over all the equally
-    /// close ones instead of herding to the same five. With `asked` not a caravan (a waiting
-    /// list refusal), only the hash orders them.
-    pub fn alternatives(
-        &self,
-        city: crate::catalog::CityIdx,
-        asked: CaravanIdx,
-        holder: HolderIdx,
-    ) -> Vec<CaravanIdx> {
-        let caravans = self.catalog.caravans();
-        let asked_caravan = caravans.get(asked as usize);
-        let closeness = |c: CaravanIdx| -> (u8, u32, u32, u64) {
-            let spread = spread_hash(holder, c);
-            let Some(a) = asked_caravan else {
-                return (0, 0, 0, spread);
-            };
-            let other = &caravans[c as usize];
-            (
-                u8::from(other.route != a.route),
-                self.price_rank[c as usize].abs_diff(self.price_rank[asked as usize]),
-                other.departure_day.abs_diff(a.departure_day),
-                spread,
-            )
-        };
-        let mut found: Vec<((u8, u32, u32, u64), CaravanIdx)> = self
-            .catalog
-            .caravans_of_city(city)
-            .iter()
-            .copied()
-            .filter(|&c| c != asked && self.free_seats(c) > 0)
-            .map(|c| (closeness(c), c))
-            .collect();
-        if found.len() > ALTERNATIVES_MAX {
-            found.select_nth_unstable(ALTERNATIVES_MAX - 1);
-            found.truncate(ALTERNATIVES_MAX);
-        }
-        found.sort_unstable();
-        found.into_iter().map(|(_, c)| c).collect()
-    }
-
     /// Free seats of `caravan` (0 for an unknown one), without taking any lock.
     pub fn free_seats(&self, caravan: CaravanIdx) -> u32 {
         let Some(c) = self.catalog.caravans().get(caravan as usize) else {
@@ -607,7 +640,7 @@ impl Engine {
     fn province_counter(
         &self,
         province: ProvinceIdx,
-        counter: impl Fn(&crate::shard::ShardCounters) -> &crate::sync::AtomicU32,
+        counter: impl Fn(&crate::machine::ShardCounters) -> &crate::sync::AtomicU32,
     ) -> u32 {
         self.shards
             .get(usize::from(province))
@@ -621,428 +654,6 @@ impl Engine {
             .iter()
             .map(|&c| u64::from(self.catalog.caravans()[c as usize].capacity))
             .sum()
-    }
-
-    /// The seat freed in `caravan`, offered to the first waiting holder of its city, if any.
-    fn offer_for(&self, st: &ShardState, caravan: CaravanIdx, now_ms: i64) -> Option<Offer> {
-        let city = self.catalog.caravans()[caravan as usize].city;
-        let holder = st.waitlist.head_of_city(city)?;
-        Some(Offer {
-            id: self.new_id(st),
-            holder,
-            deadline_ms: now_ms.saturating_add(self.season.offer_deadline_ms),
-        })
-    }
-
-    /// Ends the reservation at `idx` for `reason`, passing its seat on; `keyed` when a request
-    /// with an `Idempotency-Key` asked for it.
-    fn end(
-        &self,
-        p: usize,
-        st: &mut ShardState,
-        idx: u32,
-        reason: EndReason,
-        now_ms: i64,
-        keyed: Option<KeyUse>,
-    ) -> Result<Option<Ticket>, EngineError> {
-        let r = &st.reservations[idx as usize];
-        let (id, caravan) = (r.id, r.caravan);
-        let offer = self.offer_for(st, caravan, now_ms);
-        let offer_deadline = offer.as_ref().map(|o| o.deadline_ms);
-        let record = Record::End {
-            id,
-            at_ms: now_ms,
-            reason,
-            offer,
-            keyed,
-        };
-        let ticket = self.commit(p, st, &record)?;
-        self.wake_expiry_if_earlier(offer_deadline);
-        Ok(ticket)
-    }
-
-    /// If the deadline of the reservation at `idx` has passed, expires it now (so no event can
-    /// slip in after its deadline just because the expiry pass has not run yet) and returns
-    /// the error to give the caller.
-    fn expire_if_due(
-        &self,
-        p: usize,
-        st: &mut ShardState,
-        idx: u32,
-        now_ms: i64,
-    ) -> Result<(), EngineError> {
-        let r = &st.reservations[idx as usize];
-        let due = matches!(r.status, Status::Held | Status::Offered)
-            && r.deadline_ms.is_some_and(|d| d <= now_ms);
-        if !due {
-            return Ok(());
-        }
-        let reason = if r.status == Status::Offered {
-            EndReason::OfferExpired
-        } else {
-            EndReason::StageExpired
-        };
-        let deadline_ms = r.deadline_ms.unwrap_or(now_ms);
-        let _ = self.end(p, st, idx, reason, now_ms, None)?;
-        self.note_expiry(now_ms - deadline_ms);
-        Err(EngineError::InvalidTransition {
-            status: reason.status(),
-            detail: "the deadline has passed".into(),
-        })
-    }
-
-    fn note_expiry(&self, lateness_ms: i64) {
-        self.expirations.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("miqat_expirations_total").increment(1);
-        metrics::histogram!("miqat_expiry_lateness_seconds")
-            .record(lateness_ms.max(0) as f64 / 1000.0);
-    }
-
-    /// Locks the shard of `holder`'s province and finds their reservation `id`; someone
-    /// else's reservation is not found, like a missing one.
-    fn holder_reservation_locked(
-        &self,
-        holder: HolderIdx,
-        id: ReservationId,
-    ) -> Result<(usize, crate::sync::MutexGuard<'_, ShardState>, u32), EngineError> {
-        let h = self
-            .catalog
-            .holder_facts(holder)
-            .ok_or(EngineError::InvalidCredentials)?;
-        let p = usize::from(h.province);
-        let st = self.shards[p].state.lock();
-        let idx = st.find(id).ok_or(EngineError::ReservationNotFound)?;
-        if st.reservations[idx as usize].holder != holder {
-            return Err(EngineError::ReservationNotFound);
-        }
-        Ok((p, st, idx))
-    }
-
-    fn committed_view(
-        &self,
-        st: &ShardState,
-        idx: u32,
-        ticket: Option<Ticket>,
-    ) -> Result<Committed<ReservationView>, EngineError> {
-        let value = st
-            .view(&self.catalog, idx)
-            .ok_or(EngineError::ReservationNotFound)?;
-        Ok(Committed { value, ticket })
-    }
-
-    /// Cancels the holder's reservation `id` (declines it, if it is an offer); its seat goes
-    /// to the waiting list or back to the pool. Cancelling a reservation the holder already
-    /// cancelled (or an offer they declined) decides nothing and answers it again, so a
-    /// retried cancel gets the same answer; one that ended otherwise (expired, rejected, a
-    /// death) is an invalid transition. See [`Engine::cancel_outcome`] to tell them apart.
-    pub fn cancel(
-        &self,
-        holder: HolderIdx,
-        id: ReservationId,
-    ) -> Result<Committed<ReservationView>, EngineError> {
-        first_of(self.cancel_outcome(holder, id, None)?)
-    }
-
-    /// [`Engine::cancel`] under an optional `Idempotency-Key`, with `true` beside the view if
-    /// and only if nothing new was decided: a retry with a key seen before for this cancel
-    /// (the original answer), or a reservation the holder had already cancelled. A key seen
-    /// before for another request is refused ([`EngineError::IdempotencyKeyReused`]).
-    pub fn cancel_outcome(
-        &self,
-        holder: HolderIdx,
-        id: ReservationId,
-        idempotency_key: Option<&[u8]>,
-    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
-        let key = checked_key(idempotency_key)?;
-        let now_ms = self.now_ms();
-        let (p, mut st, idx) = self.holder_reservation_locked(holder, id)?;
-        let op = KeyedOp::On {
-            op: KeyOp::Cancel,
-            reservation: id,
-        };
-        if let Some(done) = self.replay_view(&st, p, holder, key, op, now_ms)? {
-            return Ok(done);
-        }
-        self.expire_if_due(p, &mut st, idx, now_ms)?;
-        let r = &st.reservations[idx as usize];
-        let reason = match r.status {
-            Status::Offered => EndReason::OfferDeclined,
-            Status::Held | Status::Confirmed => EndReason::HolderCancelled,
-            Status::Cancelled
-                if matches!(
-                    r.end_reason,
-                    Some(EndReason::HolderCancelled | EndReason::OfferDeclined)
-                ) =>
-            {
-                // The cancel this retries may still be on its way to disk.
-                let done = self.committed_view(&st, idx, self.ticket_for_staged(p))?;
-                return Ok(Committed {
-                    value: (done.value, true),
-                    ticket: done.ticket,
-                });
-            }
-            status => {
-                return Err(EngineError::InvalidTransition {
-                    status,
-                    detail: "the reservation has already ended".into(),
-                });
-            }
-        };
-        let keyed = key_use(KeyOp::Cancel, key);
-        let ticket = self.end(p, &mut st, idx, reason, now_ms, keyed)?;
-        let done = self.committed_view(&st, idx, ticket)?;
-        Ok(Committed {
-            value: (done.value, false),
-            ticket: done.ticket,
-        })
-    }
-
-    /// The original answer to a retry of a keyed request on a reservation of shard `p`
-    /// (`holder`'s, whose key it is), if `key` was seen for `op`; see `key_replay`.
-    fn replay_view(
-        &self,
-        st: &ShardState,
-        p: usize,
-        holder: HolderIdx,
-        key: &[u8],
-        op: KeyedOp,
-        now_ms: i64,
-    ) -> Result<Option<Committed<(ReservationView, bool)>>, EngineError> {
-        let local = self
-            .catalog
-            .holder_facts(holder)
-            .ok_or(EngineError::ReservationNotFound)?
-            .local;
-        let Some((at_ms, answer)) = self.key_replay(st, local, key, op, now_ms)? else {
-            return Ok(None);
-        };
-        Ok(Some(Committed {
-            value: (self.replayed_view(st, at_ms, answer)?, true),
-            // The decision this retries may still be on its way to disk.
-            ticket: self.ticket_for_staged(p),
-        }))
-    }
-
-    /// Accepts the waiting-list offer `id` of `holder`: it becomes a hold at the first stage.
-    pub fn accept_offer(
-        &self,
-        holder: HolderIdx,
-        id: ReservationId,
-    ) -> Result<Committed<ReservationView>, EngineError> {
-        first_of(self.accept_offer_keyed(holder, id, None)?)
-    }
-
-    /// [`Engine::accept_offer`] under an optional `Idempotency-Key`: a retry with a key seen
-    /// before for this accept answers the original (`true` beside it); a key seen for another
-    /// request is refused.
-    pub fn accept_offer_keyed(
-        &self,
-        holder: HolderIdx,
-        id: ReservationId,
-        idempotency_key: Option<&[u8]>,
-    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
-        let key = checked_key(idempotency_key)?;
-        let now_ms = self.now_ms();
-        let (p, mut st, idx) = self.holder_reservation_locked(holder, id)?;
-        let op = KeyedOp::On {
-            op: KeyOp::Accept,
-            reservation: id,
-        };
-        if let Some(done) = self.replay_view(&st, p, holder, key, op, now_ms)? {
-            return Ok(done);
-        }
-        self.expire_if_due(p, &mut st, idx, now_ms)?;
-        let status = st.reservations[idx as usize].status;
-        if status != Status::Offered {
-            return Err(EngineError::InvalidTransition {
-                status,
-                detail: "only an open offer can be accepted".into(),
-            });
-        }
-        let (stage, deadline_ms) = self.first_stage(now_ms);
-        let record = Record::Advance {
-            id,
-            at_ms: now_ms,
-            stage,
-            deadline_ms,
-            keyed: key_use(KeyOp::Accept, key),
-        };
-        let ticket = self.commit(p, &mut st, &record)?;
-        let view = st
-            .view(&self.catalog, idx)
-            .ok_or(EngineError::ReservationNotFound)?;
-        drop(st);
-        self.wake_expiry_if_earlier(deadline_ms);
-        Ok(Committed {
-            value: (view, false),
-            ticket,
-        })
-    }
-
-    /// Applies an operator's event to reservation `id`: completes the pending stage (the last
-    /// one confirms), or ends the registration for a medical rejection or a death.
-    pub fn operator_event(
-        &self,
-        id: ReservationId,
-        event: OperatorEvent,
-    ) -> Result<Committed<ReservationView>, EngineError> {
-        first_of(self.operator_event_keyed(id, event, None)?)
-    }
-
-    /// [`Engine::operator_event`] under an optional `Idempotency-Key` (remembered with the
-    /// reservation's holder): a retry with a key seen before for this event on this
-    /// reservation answers the original (`true` beside it); a key seen for another request is
-    /// refused.
-    pub fn operator_event_keyed(
-        &self,
-        id: ReservationId,
-        event: OperatorEvent,
-        idempotency_key: Option<&[u8]>,
-    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
-        let key = checked_key(idempotency_key)?;
-        let now_ms = self.now_ms();
-        let p = usize::from(id.shard);
-        let shard = self.shards.get(p).ok_or(EngineError::ReservationNotFound)?;
-        let mut st = shard.state.lock();
-        let idx = st.find(id).ok_or(EngineError::ReservationNotFound)?;
-        let holder = st.reservations[idx as usize].holder;
-        let op = KeyedOp::On {
-            op: KeyOp::Event(event),
-            reservation: id,
-        };
-        if let Some(done) = self.replay_view(&st, p, holder, key, op, now_ms)? {
-            return Ok(done);
-        }
-        let keyed = key_use(KeyOp::Event(event), key);
-        self.expire_if_due(p, &mut st, idx, now_ms)?;
-        let (status, stage) = {
-            let r = &st.reservations[idx as usize];
-            (r.status, r.stage)
-        };
-        let invalid = |detail: String| EngineError::InvalidTransition { status, detail };
-        let ticket = match event.completes() {
-            Some(done) => {
-                if status != Status::Held || stage != Some(done) {
-                    return Err(invalid(format!(
-                        "{} completes the {} stage, but the reservation is {}{}",
-                        event.as_str(),
-                        done.as_str(),
-                        status.as_str(),
-                        stage.map_or(String::new(), |s| format!(" at {}", s.as_str())),
-                    )));
-                }
-                let position = self.season.stages.iter().position(|(s, _)| *s == done);
-                let next = position.and_then(|i| self.season.stage_at(i + 1));
-                let (stage, deadline_ms) = match next {
-                    Some((s, length_ms)) => (Some(s), Some(now_ms.saturating_add(length_ms))),
-                    None => (None, None),
-                };
-                let record = Record::Advance {
-                    id,
-                    at_ms: now_ms,
-                    stage,
-                    deadline_ms,
-                    keyed,
-                };
-                let ticket = self.commit(p, &mut st, &record)?;
-                self.wake_expiry_if_earlier(deadline_ms);
-                ticket
-            }
-            None => {
-                let (reason, allowed) = match event {
-                    OperatorEvent::MedicalRejected => (
-                        EndReason::MedicalRejected,
-                        matches!(status, Status::Held | Status::Confirmed),
-                    ),
-                    _ => (EndReason::Deceased, status.is_live()),
-                };
-                if !allowed {
-                    return Err(invalid(format!(
-                        "{} does not apply to a {} reservation",
-                        event.as_str(),
-                        status.as_str()
-                    )));
-                }
-                self.end(p, &mut st, idx, reason, now_ms, keyed)?
-            }
-        };
-        let done = self.committed_view(&st, idx, ticket)?;
-        Ok(Committed {
-            value: (done.value, false),
-            ticket: done.ticket,
-        })
-    }
-
-    /// Puts `holder` on their province's waiting list (or reports their place if already
-    /// there). Refused while the holder's city still has free seats, while they hold a seat,
-    /// and whenever they could not reserve by the schedule.
-    pub fn join_waitlist(
-        &self,
-        holder: HolderIdx,
-    ) -> Result<Committed<WaitlistPlace>, EngineError> {
-        first_of(self.join_waitlist_keyed(holder, None)?)
-    }
-
-    /// [`Engine::join_waitlist`] under an optional `Idempotency-Key`: a retry with a key seen
-    /// before for a join answers the place the holder got then (`true` beside it), whatever
-    /// happened since; a key seen for another request is refused.
-    pub fn join_waitlist_keyed(
-        &self,
-        holder: HolderIdx,
-        idempotency_key: Option<&[u8]>,
-    ) -> Result<Committed<(WaitlistPlace, bool)>, EngineError> {
-        let key = checked_key(idempotency_key)?;
-        let h = self
-            .catalog
-            .holder_facts(holder)
-            .ok_or(EngineError::InvalidCredentials)?;
-        if h.receipt_status == ReceiptStatus::NeedsConversion {
-            return Err(EngineError::ReceiptNeedsConversion);
-        }
-        let now_ms = self.now_ms();
-        let p = usize::from(h.province);
-        let mut st = self.shards[p].state.lock();
-        let place = |st: &ShardState| WaitlistPlace {
-            province: h.province,
-            position: st.waitlist.position(holder).unwrap_or(0),
-        };
-        if let Some((_, answer)) = self.key_replay(&st, h.local, key, KeyedOp::Join, now_ms)? {
-            let KeyAnswer::Place { position } = answer else {
-                return Err(EngineError::IdempotencyKeyReused);
-            };
-            return Ok(Committed {
-                value: (
-                    WaitlistPlace {
-                        province: h.province,
-                        position,
-                    },
-                    true,
-                ),
-                ticket: self.ticket_for_staged(p),
-            });
-        }
-        if st.waitlist.contains(holder) {
-            return Ok(Committed {
-                value: (place(&st), false),
-                ticket: self.ticket_for_staged(p),
-            });
-        }
-        self.check_schedule(&st.schedule, h.province, h.receipt_day, now_ms)?;
-        Self::check_first_registration(&st, h.local)?;
-        let alternatives = self.alternatives(h.city, CaravanIdx::MAX, holder);
-        if !alternatives.is_empty() {
-            return Err(EngineError::SeatsAvailable { alternatives });
-        }
-        let record = Record::Join {
-            holder,
-            at_ms: now_ms,
-            keyed: key_use(KeyOp::Join, key),
-        };
-        let ticket = self.commit(p, &mut st, &record)?;
-        Ok(Committed {
-            value: (place(&st), false),
-            ticket,
-        })
     }
 
     /// The holder's waiting-list situation: their place while waiting, or their open offer;
@@ -1074,29 +685,15 @@ impl Engine {
         self.replace_schedule_with(waves, WaveOrder::Strict)
     }
 
-    /// [`Engine::replace_schedule`], with the wave order check as `order` says.
+    /// [`Engine::replace_schedule`], with the wave order check as `order` says. The record is
+    /// logged on the global shard, then applied to every province's state.
     pub fn replace_schedule_with(
         &self,
         waves: Vec<Wave>,
         order: WaveOrder,
     ) -> Result<Committed<()>, EngineError> {
-        let schedule = Schedule { waves };
-        schedule
-            .validate(&self.catalog)
-            .map_err(|message| EngineError::InvalidField {
-                field: "waves",
-                message,
-            })?;
-        if order == WaveOrder::Strict {
-            schedule
-                .check_order()
-                .map_err(|e| EngineError::ScheduleOutOfOrder { message: e.message })?;
-        }
         let now_ms = self.now_ms();
-        let record = Record::Schedule {
-            at_ms: now_ms,
-            waves: schedule.waves.clone(),
-        };
+        let record = decide_schedule(&self.ctx(), waves, order, now_ms)?;
         let mut global = self.global.lock();
         let ticket = match &self.wal {
             Some(wal) => {
@@ -1106,13 +703,25 @@ impl Engine {
             }
             None => None,
         };
-        let schedule = Arc::new(schedule);
-        self.schedule_replaced.store(true, Ordering::Release);
-        *global = Arc::clone(&schedule);
-        for shard in self.shards.iter() {
-            shard.state.lock().schedule = Arc::clone(&schedule);
-        }
+        self.apply_schedule(&mut global, &record);
         Ok(Committed { value: (), ticket })
+    }
+
+    /// Applies a schedule record to the global view and to every province's state.
+    pub(crate) fn apply_schedule(&self, global: &mut Arc<Schedule>, record: &Record) {
+        let Record::Schedule { waves, .. } = record else {
+            return;
+        };
+        *global = Arc::new(Schedule {
+            waves: waves.clone(),
+        });
+        self.schedule_replaced.store(true, Ordering::Release);
+        let ctx = self.ctx();
+        for shard in self.shards.iter() {
+            if let Err(e) = shard.state.lock().apply(&ctx, &shard.counters, record) {
+                panic!("a schedule record did not apply: {e}");
+            }
+        }
     }
 
     /// The schedule in force.
@@ -1129,8 +738,11 @@ impl Engine {
 
     /// The holder's reservation `id`; `None` if it is missing or someone else's.
     pub fn reservation_of(&self, holder: HolderIdx, id: ReservationId) -> Option<ReservationView> {
-        let (_, st, idx) = self.holder_reservation_locked(holder, id).ok()?;
-        st.view(&self.catalog, idx)
+        let h = self.catalog.holder_facts(holder)?;
+        let st = self.shards[usize::from(h.province)].state.lock();
+        let idx = st.find(id)?;
+        let view = st.view(&self.catalog, idx)?;
+        (view.holder == holder).then_some(view)
     }
 
     /// The holder's latest reservation (live or ended), if they ever had one.
@@ -1241,47 +853,29 @@ impl Engine {
         Ok((expired, last_ticket))
     }
 
-    /// Expires up to [`EXPIRY_BATCH_MAX`] due deadlines of shard `p`; returns whether more are
-    /// due.
+    /// Expires up to [`EXPIRY_BATCH_MAX`] due deadlines of shard `p`; returns whether more may
+    /// be due.
     fn expire_batch(
         &self,
         p: usize,
         now_ms: i64,
     ) -> Result<(usize, Option<Ticket>, bool), EngineError> {
+        let counters = &self.shards[p].counters;
         let mut st = self.shards[p].state.lock();
         let mut count = 0usize;
         let mut ticket = None;
-        while let Some(&std::cmp::Reverse((deadline_ms, idx))) = st.timers.peek() {
-            if deadline_ms > now_ms || count >= EXPIRY_BATCH_MAX {
+        while count < EXPIRY_BATCH_MAX {
+            st.prune_timers(counters);
+            // A failed commit leaves the timer in place: the deadline stays pending.
+            let (reply, t) = self.run(p, &mut st, Command::ExpireDue, now_ms)?;
+            if !matches!(reply, Reply::Expired) {
                 break;
             }
-            st.timers.pop();
-            if !st.timer_is_current(deadline_ms, idx) {
-                continue;
-            }
-            let reason = if st.reservations[idx as usize].status == Status::Offered {
-                EndReason::OfferExpired
-            } else {
-                EndReason::StageExpired
-            };
-            match self.end(p, &mut st, idx, reason, now_ms, None) {
-                Ok(t) => ticket = t.or(ticket),
-                Err(e) => {
-                    // Not expired after all (the log refused): keep the deadline pending.
-                    st.timers.push(std::cmp::Reverse((deadline_ms, idx)));
-                    st.publish_next_deadline(&self.shards[p].counters);
-                    return Err(e);
-                }
-            }
-            self.note_expiry(now_ms - deadline_ms);
+            ticket = t.or(ticket);
             count += 1;
         }
-        st.compact_timers(&self.shards[p].counters);
-        st.publish_next_deadline(&self.shards[p].counters);
-        let more = st
-            .timers
-            .peek()
-            .is_some_and(|std::cmp::Reverse((d, _))| *d <= now_ms);
+        st.prune_timers(counters);
+        let more = st.earliest_timer().is_some_and(|(d, _)| d <= now_ms);
         Ok((count, ticket, more))
     }
 
@@ -1459,14 +1053,6 @@ fn checked_key(key: Option<&[u8]>) -> Result<&[u8], EngineError> {
     Ok(key)
 }
 
-/// The key's use to log with a decision, if a key was given.
-fn key_use(op: KeyOp, key: &[u8]) -> Option<KeyUse> {
-    (!key.is_empty()).then(|| KeyUse {
-        op,
-        key: key.to_vec(),
-    })
-}
-
 /// The answer of a keyed decision without its "replayed" flag.
 fn first_of<T>(decided: Committed<(T, bool)>) -> Result<Committed<T>, EngineError> {
     Ok(Committed {
@@ -1490,15 +1076,6 @@ fn price_ranks(catalog: &Catalog) -> Vec<u32> {
         .iter()
         .map(|c| groups.binary_search(&c.price_group.as_str()).unwrap_or(0) as u32)
         .collect()
-}
-
-/// A well-mixed 64-bit hash of (holder, caravan) (SplitMix64's finalizer): a stable,
-/// per-holder order among equally close alternatives.
-fn spread_hash(holder: HolderIdx, caravan: CaravanIdx) -> u64 {
-    let mut z = (u64::from(holder) << 32 | u64::from(caravan)).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

@@ -20,8 +20,8 @@ pub mod persist;
 pub mod season;
 pub mod wal;
 
+mod machine;
 mod record;
-mod shard;
 mod sync;
 mod waitlist;
 

@@ -10,18 +10,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, ProvinceIdx};
 use crate::clock::Clock;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::EngineError;
+use crate::machine::{IdempotencyEntry, KeyAnswer, KeyedOp, ShardImage, ShardState};
 use crate::model::{EndReason, Reservation, ReservationId, Status};
 use crate::record::KeyOp;
 use crate::record::{
     Reader, Record, WaveLayout, decode_waves, encode_waves, put_bytes, put_i64, put_id,
     put_opt_i64, put_stage, put_u32, put_u64, put_u128,
 };
-use crate::season::{Schedule, Season};
-use crate::shard::{IdempotencyEntry, KeyAnswer, KeyedOp, ShardCounters, ShardState};
+use crate::season::Season;
 use crate::waitlist::WaitKey;
 use crate::wal::{self, Storage, TornTail, Wal, WalConfig};
 
@@ -198,17 +198,11 @@ impl Engine {
     /// Applies one replayed record to shard `s` (the last index is the global shard).
     fn replay(&mut self, s: usize, record: &Record) -> Result<(), String> {
         if s == self.shards.len() {
-            let Record::Schedule { waves, .. } = record else {
+            if !matches!(record, Record::Schedule { .. }) {
                 return Err("only schedule records belong to the global shard".into());
-            };
-            let schedule = Arc::new(Schedule {
-                waves: waves.clone(),
-            });
-            *self.global.lock() = Arc::clone(&schedule);
-            self.schedule_replaced.store(true, Ordering::Release);
-            for shard in self.shards.iter() {
-                shard.state.lock().schedule = Arc::clone(&schedule);
             }
+            let mut global = self.global.lock();
+            self.apply_schedule(&mut global, record);
             return Ok(());
         }
         if matches!(record, Record::Schedule { .. }) {
@@ -291,25 +285,19 @@ impl Engine {
         let waves = decode_waves(&mut r, layout)?;
         if replaced {
             self.schedule_in_snapshot = true;
-            self.schedule_replaced.store(true, Ordering::Release);
-            let schedule = Arc::new(Schedule { waves });
-            *self.global.lock() = Arc::clone(&schedule);
-            for shard in self.shards.iter() {
-                shard.state.lock().schedule = Arc::clone(&schedule);
-            }
+            // The schedule in force when the snapshot was taken, applied as its record would be.
+            let record = Record::Schedule { at_ms: 0, waves };
+            let mut global = self.global.lock();
+            self.apply_schedule(&mut global, &record);
         }
         for (p, cut) in cuts.iter_mut().enumerate().take(shards) {
             *cut = r.u64()?;
+            let image = decode_shard(&mut r, version, p as ProvinceIdx)?;
             let shard = &self.shards[p];
-            let mut st = shard.state.lock();
-            decode_shard(
-                &mut r,
-                version,
-                &mut st,
-                &shard.counters,
-                &self.catalog,
-                &self.caravan_local,
-            )?;
+            shard
+                .state
+                .lock()
+                .restore(&self.ctx(), &shard.counters, image)?;
         }
         r.finish()?;
         Ok(cuts)
@@ -466,18 +454,19 @@ fn decode_entry(
 fn decode_shard(
     r: &mut Reader<'_>,
     version: u32,
-    st: &mut ShardState,
-    counters: &ShardCounters,
-    catalog: &Catalog,
-    caravan_local: &[u32],
-) -> Result<(), String> {
-    let next_join_seq = r.u64()?;
+    province: ProvinceIdx,
+) -> Result<ShardImage, String> {
+    let mut image = ShardImage {
+        next_join_seq: r.u64()?,
+        ..ShardImage::default()
+    };
     let count = r.u32()? as usize;
-    for _ in 0..count {
+    for slot in 0..count {
+        let secret = r.u128()?;
         let id = ReservationId {
-            shard: st.province,
-            slot: st.reservations.len() as u32,
-            secret: r.u128()?,
+            shard: province,
+            slot: slot as u32,
+            secret,
         };
         let holder = r.u32()?;
         let caravan = r.u32()?;
@@ -493,33 +482,7 @@ fn decode_shard(
             0xFF => None,
             code => Some(EndReason::from_code(code).ok_or_else(|| format!("bad reason {code}"))?),
         };
-        let h = catalog
-            .holder_facts(holder)
-            .filter(|h| h.province == st.province)
-            .ok_or_else(|| format!("reservation {id}: holder {holder} not of this province"))?;
-        let c = catalog
-            .caravans()
-            .get(caravan as usize)
-            .filter(|c| c.province == st.province)
-            .ok_or_else(|| format!("reservation {id}: caravan {caravan} not of this province"))?;
-        let idx = id.slot;
-        if status.is_live() {
-            let slot = caravan_local[caravan as usize] as usize;
-            if st.occupied[slot] >= c.capacity {
-                return Err(format!("caravan {} over capacity", c.id));
-            }
-            st.occupied[slot] += 1;
-            counters.free[slot].fetch_sub(1, Ordering::AcqRel);
-            counters.free_total.fetch_sub(1, Ordering::AcqRel);
-            if status != Status::Confirmed {
-                counters.holds_live.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Some(d) = deadline_ms {
-                st.timers.push(std::cmp::Reverse((d, idx)));
-            }
-        }
-        st.latest[h.local as usize] = idx;
-        st.reservations.push(Reservation {
+        image.reservations.push(Reservation {
             id,
             holder,
             caravan,
@@ -531,42 +494,30 @@ fn decode_shard(
             end_reason,
         });
     }
-    st.publish_next_deadline(counters);
     let waiting = r.u32()? as usize;
     for _ in 0..waiting {
         let holder = r.u32()?;
         let receipt_day = r.u32()? as i32;
         let join_seq = r.u64()?;
         let city = r.u32()?;
-        catalog
-            .holder_facts(holder)
-            .filter(|h| h.province == st.province)
-            .ok_or_else(|| format!("waiting holder {holder} not of this province"))?;
         let key = WaitKey {
             receipt_day,
             join_seq,
         };
-        if !st.waitlist.insert(holder, key, city) {
-            return Err(format!("holder {holder} waits twice"));
-        }
-        counters.waiting.fetch_add(1, Ordering::Relaxed);
+        image.waiting.push((holder, key, city));
     }
-    st.waitlist
-        .set_next_join_seq(next_join_seq.max(st.waitlist.next_join_seq()));
     let entries = r.u32()? as usize;
     for _ in 0..entries {
         let local = r.u32()?;
         let key = r.bytes()?.to_vec().into_boxed_slice();
-        let (op, at_ms, answer) = decode_entry(r, st.province, version)?;
-        st.idempotency
-            .entry(local)
-            .or_default()
-            .push(IdempotencyEntry {
-                key,
-                op,
-                at_ms,
-                answer,
-            });
+        let (op, at_ms, answer) = decode_entry(r, province, version)?;
+        let entry = IdempotencyEntry {
+            key,
+            op,
+            at_ms,
+            answer,
+        };
+        image.keys.push((local, entry));
     }
-    Ok(())
+    Ok(image)
 }

@@ -167,6 +167,17 @@ impl Record {
         }
     }
 
+    /// The deadline this record sets, if any: a new hold's or stage's, or a freed seat's offer.
+    pub fn new_deadline_ms(&self) -> Option<i64> {
+        match self {
+            Record::Reserve { deadline_ms, .. } | Record::Advance { deadline_ms, .. } => {
+                *deadline_ms
+            }
+            Record::End { offer, .. } => offer.as_ref().map(|o| o.deadline_ms),
+            Record::Join { .. } | Record::Schedule { .. } => None,
+        }
+    }
+
     /// Appends the payload bytes (without the kind) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {

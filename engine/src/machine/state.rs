@@ -1,5 +1,5 @@
-//! One province's shard: its seat counters, reservations, deadlines, waiting list and
-//! idempotency keys, and the one function that applies a logged decision to them.
+//! One province's state: its seat counts, reservations, deadlines, waiting list and
+//! idempotency keys; `apply`, the one function that changes it; and `restore` from a snapshot.
 //!
 //! A shard is the unit of locking: a decision locks exactly one shard, and applying a record is
 //! the only way state changes, both live and during replay, so the log and memory cannot
@@ -17,19 +17,14 @@ use crate::model::{Reservation, ReservationId, ReservationView, Status};
 use crate::record::{KeyOp, KeyUse, Offer, Record};
 use crate::season::Schedule;
 use crate::sync::{AtomicI64, AtomicU32, Mutex};
-use crate::waitlist::Waitlist;
+use crate::waitlist::{WaitKey, Waitlist};
+
+use super::Ctx;
 
 /// Marker for "no reservation" in the per-holder table.
 pub(crate) const NO_RESERVATION: u32 = u32::MAX;
 /// How many idempotency keys one holder keeps; older ones are forgotten first.
 pub(crate) const IDEMPOTENCY_KEYS_PER_HOLDER_MAX: usize = 4;
-
-/// What the engine needs from outside a shard to apply a record.
-pub(crate) struct Ctx<'a> {
-    pub catalog: &'a Catalog,
-    /// Global caravan index -> index among its province's caravans.
-    pub caravan_local: &'a [u32],
-}
 
 /// What a remembered `Idempotency-Key` was used for, with its target: a retry must ask for
 /// exactly this again.
@@ -94,6 +89,19 @@ pub(crate) struct ShardCounters {
 pub(crate) struct Shard {
     pub state: Mutex<ShardState>,
     pub counters: ShardCounters,
+}
+
+/// A shard's state as a snapshot holds it, decoded but not yet restored.
+#[derive(Debug, Default)]
+pub(crate) struct ShardImage {
+    /// The waiting list's next join sequence number.
+    pub next_join_seq: u64,
+    /// Every reservation, in slot order (their ids' shard and slot are assigned on restore).
+    pub reservations: Vec<Reservation>,
+    /// Waiting holders with their place key and city.
+    pub waiting: Vec<(HolderIdx, WaitKey, crate::catalog::CityIdx)>,
+    /// Remembered idempotency keys by holder (local index).
+    pub keys: Vec<(u32, IdempotencyEntry)>,
 }
 
 /// Everything a province's decisions read and write, behind the shard's lock.
@@ -298,6 +306,25 @@ impl ShardState {
         }
     }
 
+    /// The earliest timer entry, current or stale: (deadline, reservation slot).
+    pub fn earliest_timer(&self) -> Option<(i64, u32)> {
+        self.timers.peek().map(|Reverse(entry)| *entry)
+    }
+
+    /// Drops stale entries from the top of the timer heap and re-publishes the earliest
+    /// deadline. The heap is an index over the reservations' deadlines: this never changes
+    /// what `decide` or `apply` would do, only how fast the next due deadline is found.
+    pub fn prune_timers(&mut self, counters: &ShardCounters) {
+        while let Some((deadline_ms, idx)) = self.earliest_timer() {
+            if self.timer_is_current(deadline_ms, idx) {
+                break;
+            }
+            self.timers.pop();
+        }
+        self.compact_timers(counters);
+        self.publish_next_deadline(counters);
+    }
+
     /// Re-publishes the earliest deadline after timers were popped.
     pub fn publish_next_deadline(&self, counters: &ShardCounters) {
         let next = self.timers.peek().map_or(i64::MAX, |Reverse((d, _))| *d);
@@ -473,6 +500,63 @@ impl ShardState {
         Ok(())
     }
 
+    /// Restores an empty shard from a snapshot's image, through the same seat rule as `apply`.
+    /// Returns an error, leaving the shard unusable, if the image does not fit the catalog
+    /// (a damaged or foreign snapshot): the caller refuses to start.
+    pub fn restore(
+        &mut self,
+        ctx: &Ctx<'_>,
+        counters: &ShardCounters,
+        image: ShardImage,
+    ) -> Result<(), String> {
+        if !self.reservations.is_empty() || self.waitlist.len() > 0 {
+            return Err("a snapshot is restored into an empty shard only".into());
+        }
+        for mut r in image.reservations {
+            r.id = ReservationId {
+                shard: self.province,
+                slot: self.reservations.len() as u32,
+                secret: r.id.secret,
+            };
+            let local = self.local_holder(ctx, r.holder)?;
+            let slot = self.local_caravan(ctx, r.caravan)?;
+            if r.status.is_live() {
+                if self.live_of(local).is_some() {
+                    return Err(format!("holder {} has two live reservations", r.holder));
+                }
+                self.take_seat(ctx, counters, r.caravan, slot)?;
+                if r.status != Status::Confirmed {
+                    counters.holds_live.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(deadline_ms) = r.deadline_ms {
+                    self.timers.push(Reverse((deadline_ms, r.id.slot)));
+                }
+            }
+            let idx = self.push_reservation(r);
+            self.latest[local as usize] = idx;
+        }
+        self.publish_next_deadline(counters);
+        for (holder, key, city) in image.waiting {
+            let local = self.local_holder(ctx, holder)?;
+            if self.live_of(local).is_some() {
+                return Err(format!("holder {holder} waits while holding a seat"));
+            }
+            if !self.waitlist.insert(holder, key, city) {
+                return Err(format!("holder {holder} waits twice"));
+            }
+            counters.waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        self.waitlist
+            .set_next_join_seq(image.next_join_seq.max(self.waitlist.next_join_seq()));
+        for (local, entry) in image.keys {
+            if local as usize >= self.latest.len() {
+                return Err(format!("a remembered key of unknown holder {local}"));
+            }
+            self.idempotency.entry(local).or_default().push(entry);
+        }
+        Ok(())
+    }
+
     /// Returns an error unless `id` names the next free slot of this shard.
     fn check_next_id(&self, id: ReservationId) -> Result<(), String> {
         if id.shard != self.province || id.slot as usize != self.reservations.len() {
@@ -491,6 +575,20 @@ impl ShardState {
         idx
     }
 
+    /// The seat rule, the one place it is written: free seats of `caravan` (of this province)
+    /// are its capacity less its live reservations (held, offered, confirmed). 0 for a caravan
+    /// of another province.
+    pub fn seats_free(&self, ctx: &Ctx<'_>, caravan: CaravanIdx) -> u32 {
+        let Some(c) = ctx.catalog.caravans().get(caravan as usize) else {
+            return 0;
+        };
+        if c.province != self.province {
+            return 0;
+        }
+        let slot = ctx.caravan_local[caravan as usize] as usize;
+        c.capacity.saturating_sub(self.occupied[slot])
+    }
+
     fn take_seat(
         &mut self,
         ctx: &Ctx<'_>,
@@ -499,7 +597,7 @@ impl ShardState {
         slot: usize,
     ) -> Result<(), String> {
         let capacity = ctx.catalog.caravans()[caravan as usize].capacity;
-        if self.occupied[slot] >= capacity {
+        if self.seats_free(ctx, caravan) == 0 {
             return Err(format!("caravan {caravan} would be over capacity"));
         }
         // Lower the public counter first: readers may see one seat fewer for a moment, never

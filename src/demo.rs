@@ -85,7 +85,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let catalog = Arc::new(load_catalog(&data_dir)?);
     let mut season = load_season(&data_dir.join("season.toml"), &catalog)?;
-    shorten_for_demo(&mut season, SystemClock.now_ms() + PARKED_OPENING_MS)?;
+    shorten_for_demo(
+        &mut season,
+        SystemClock::system().now_ms() + PARKED_OPENING_MS,
+    )?;
     println!(
         "data set   {} provinces, {} caravans, {} seats, {} holders ({}, loaded in {} ms)",
         catalog.provinces().len(),
@@ -226,7 +229,7 @@ impl InProcessServer {
         let (engine, recovery) = Engine::open(
             Arc::clone(catalog),
             season.clone(),
-            Arc::new(SystemClock),
+            Arc::new(SystemClock::system()),
             storage,
             EngineConfig::default(),
         )?;

@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// past it are closed at once. Keep it below the open-files limit.
     #[arg(long, env = "MIQAT_CONNECTIONS_MAX", default_value_t = 16_384)]
     pub connections_max: usize,
+    /// Wall-clock steps up to this many milliseconds are followed; a larger step is logged,
+    /// counted (`miqat_clock_steps_total`) and not followed until a restart, so it can neither
+    /// expire holds early nor keep them past their deadline.
+    #[arg(long, env = "MIQAT_CLOCK_STEP_TOLERANCE_MS", default_value_t = miqat_engine::clock::STEP_TOLERANCE_MS_DEFAULT)]
+    pub clock_step_tolerance_ms: i64,
     /// The operator's bearer token for `/v1/admin/*` and reservation events. Prefer the
     /// environment variable: a command-line value is visible to other local users. Without
     /// it, the operator endpoints answer 401.
@@ -150,13 +155,14 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         MissingRecords::Refuse
     };
+    let clock_step_tolerance_ms = args.clock_step_tolerance_ms;
     let recovering = {
         let catalog = Arc::clone(&catalog);
         tokio::task::spawn_blocking(move || {
             Engine::open(
                 catalog,
                 season,
-                Arc::new(SystemClock),
+                Arc::new(SystemClock::system_with_tolerance(clock_step_tolerance_ms)),
                 storage,
                 EngineConfig {
                     durability,

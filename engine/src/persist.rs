@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use crate::catalog::{Catalog, ProvinceIdx};
 use crate::clock::Clock;
@@ -75,7 +74,7 @@ impl Engine {
         storage: Arc<dyn Storage>,
         config: EngineConfig,
     ) -> Result<(Arc<Engine>, RecoveryReport), EngineError> {
-        let started = Instant::now();
+        let started = crate::clock::Stopwatch::start();
         let mut engine = Engine::build(catalog, season, clock, config, None)?;
         let tag = engine.catalog.fingerprint();
         let mut arena = Vec::new();

@@ -37,7 +37,7 @@ fn main() {
     let engine = Engine::in_memory(
         Arc::clone(&catalog),
         season,
-        Arc::new(SystemClock),
+        Arc::new(SystemClock::system()),
         EngineConfig::default(),
     )
     .unwrap();

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use crossbeam::utils::CachePadded;
 use parking_lot::{Condvar, Mutex};
@@ -635,7 +634,7 @@ impl Flusher {
     }
 
     fn sync_file(&mut self) -> Result<(), FlushError> {
-        let started = Instant::now();
+        let started = crate::clock::Stopwatch::start();
         if let Some(file) = self.file.as_mut() {
             file.sync_data()
                 .map_err(|e| (format!("syncing segment {}", self.segment_name), e))?;

@@ -18,9 +18,11 @@ pub mod load;
 pub mod model;
 pub mod persist;
 pub mod season;
+pub mod sim;
 pub mod wal;
 
 mod machine;
+mod planted;
 mod record;
 mod sync;
 mod waitlist;

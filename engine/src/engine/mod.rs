@@ -442,6 +442,9 @@ impl Engine {
     /// `Durability::None`). Returns an error if and only if the log failed: then the decision
     /// must not be acknowledged.
     pub fn wait<T>(&self, committed: &Committed<T>) -> Result<(), EngineError> {
+        if crate::planted::active(crate::sim::Defect::AckBeforeSync) {
+            return Ok(());
+        }
         match (&self.wal, committed.ticket) {
             (Some(wal), Some(ticket)) => Ok(wal.wait_durable(ticket)?),
             _ => Ok(()),

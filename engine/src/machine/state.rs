@@ -661,6 +661,9 @@ impl ShardState {
         match offer {
             None => self.release_seat(counters, slot),
             Some(offer) => {
+                if crate::planted::active(crate::sim::Defect::SeatReleasedTwice) {
+                    self.release_seat(counters, slot);
+                }
                 // The seat passes straight to the offeree: occupancy does not change.
                 self.waitlist.remove(offer.holder);
                 counters.waiting.fetch_sub(1, Ordering::Relaxed);

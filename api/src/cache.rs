@@ -108,7 +108,7 @@ fn candidates(engine: &Engine, key: &ListKey) -> Vec<CaravanIdx> {
         .iter()
         .copied()
         .filter(|&c| {
-            let caravan = &catalog.caravans()[c as usize];
+            let caravan = &catalog.caravans()[c.index()];
             key.city.is_none_or(|city| caravan.city == city)
                 && key.route.is_none_or(|r| caravan.route == r)
                 && key

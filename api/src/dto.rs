@@ -76,7 +76,7 @@ pub struct Reservation {
 impl Reservation {
     /// The API form of `view`.
     pub fn from_view(catalog: &Catalog, view: &ReservationView) -> Reservation {
-        let caravan = &catalog.caravans()[view.caravan as usize];
+        let caravan = &catalog.caravans()[view.caravan.index()];
         Reservation {
             id: view.id.to_string(),
             national_id: format_national_id(view.national_id),
@@ -140,11 +140,11 @@ pub struct Caravan {
 impl Caravan {
     /// The API form of caravan `idx` with `seats_free`.
     pub fn new(catalog: &Catalog, idx: CaravanIdx, seats_free: u32) -> Caravan {
-        let c = &catalog.caravans()[idx as usize];
+        let c = &catalog.caravans()[idx.index()];
         Caravan {
             id: c.id.clone(),
             province_id: catalog.provinces()[usize::from(c.province)].id,
-            city: catalog.cities()[c.city as usize].name.clone(),
+            city: catalog.cities()[c.city.index()].name.clone(),
             manager: c.manager.clone(),
             phone: c.phone.clone(),
             price_group: c.price_group.clone(),
@@ -177,7 +177,7 @@ pub struct CaravanSummary {
 impl CaravanSummary {
     /// The summary of caravan `idx`.
     pub fn new(catalog: &Catalog, idx: CaravanIdx, seats_free: u32) -> CaravanSummary {
-        let c = &catalog.caravans()[idx as usize];
+        let c = &catalog.caravans()[idx.index()];
         CaravanSummary {
             id: c.id.clone(),
             route: c.route.as_str(),

@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use miqat_engine::calendar::{JalaliDate, parse_national_id, parse_tehran_datetime};
-use miqat_engine::catalog::{CaravanIdx, HolderIdx, Route};
+use miqat_engine::catalog::{CaravanIdx, HolderIdx, ProvinceIdx, Route};
 use miqat_engine::model::{OperatorEvent, ReservationId, Status};
 use miqat_engine::season::{Wave, WaveOrder};
 use miqat_engine::{EngineError, ReservationFilter};
@@ -175,8 +175,8 @@ pub async fn provinces(State(state): State<AppState>) -> Result<Json<Vec<Provinc
             id: prov.id,
             name_en: prov.name_en.clone(),
             name_fa: prov.name_fa.clone(),
-            seats_total: engine.province_seats_total(p as u16),
-            seats_free: engine.province_free_seats(p as u16),
+            seats_total: engine.province_seats_total(ProvinceIdx(p as u16)),
+            seats_free: engine.province_free_seats(ProvinceIdx(p as u16)),
         })
         .collect();
     Ok(Json(list))
@@ -240,7 +240,7 @@ pub async fn province_caravans(
         && !catalog
             .caravans_of_province(province)
             .iter()
-            .any(|&c| catalog.caravans()[c as usize].price_group == group)
+            .any(|&c| catalog.caravans()[c.index()].price_group == group)
     {
         return Ok(Json(Vec::<Caravan>::new()).into_response());
     }

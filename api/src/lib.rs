@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use miqat_engine::Engine;
-use miqat_engine::catalog::Catalog;
+use miqat_engine::catalog::{Catalog, ProvinceIdx};
 
 use crate::cache::CaravanListCache;
 use crate::error::{ApiError, ErrorCode};
@@ -222,7 +222,7 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
     if let Ok(engine) = state.engine() {
         for (p, province) in engine.catalog().provinces().iter().enumerate() {
             let labels = [("province", province.id.to_string())];
-            let p = p as u16;
+            let p = ProvinceIdx(p as u16);
             metrics::gauge!("miqat_seats_free", &labels)
                 .set(f64::from(engine.province_free_seats(p)));
             metrics::gauge!("miqat_holds_live", &labels)

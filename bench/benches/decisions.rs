@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
     let plan = fill_plan(&catalog, &season);
     // Two threads on disjoint provinces: the first half of the provinces, the second half.
     let split = plan.partition_point(|&(h, _)| {
-        catalog.holder(h).unwrap().province < (catalog.provinces().len() / 2) as u16
+        catalog.holder(h).unwrap().province.index() < catalog.provinces().len() / 2
     });
     let spread = vec![plan[..split].to_vec(), plan[split..].to_vec()];
 
@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
 
     let seats = 100_000u32;
     let (hot, hot_season) = hot_caravan(seats);
-    let hot_plan: Vec<_> = (0..seats).map(|h| (h, 0)).collect();
+    let hot_plan: Vec<_> = (0..seats).map(|h| (HolderIdx(h), CaravanIdx(0))).collect();
     let hot_halves = vec![
         hot_plan.iter().copied().step_by(2).collect::<Vec<_>>(),
         hot_plan

@@ -56,7 +56,7 @@ fn expiry(c: &mut Criterion) {
     let seats = 1_000_000u32;
     let (hot, hot_season) = hot_caravan(seats);
     assert_eq!(hot_season.stages[0].1, DOCUMENTS_MS);
-    let hot_plan: Vec<_> = (0..seats).map(|h| (h, 0)).collect();
+    let hot_plan: Vec<_> = (0..seats).map(|h| (HolderIdx(h), CaravanIdx(0))).collect();
     g.throughput(Throughput::Elements(u64::from(seats)));
     g.bench_function("hot_caravan/1M_holds", |b| {
         b.iter_batched(

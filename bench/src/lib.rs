@@ -32,18 +32,18 @@ pub fn national(dir: &Path, holders: u64) -> (Arc<Catalog>, Season) {
 pub fn fill_plan(catalog: &Catalog, season: &Season) -> Vec<(HolderIdx, CaravanIdx)> {
     let cutoff = season.schedule.waves[0].receipts_until_day;
     let mut by_city: Vec<Vec<HolderIdx>> = vec![Vec::new(); catalog.cities().len()];
-    for h in 0..catalog.holder_count() as u32 {
+    for h in catalog.holder_indices() {
         let holder = catalog.holder(h).unwrap();
         if holder.receipt_status == ReceiptStatus::Valid && holder.receipt_day <= cutoff {
-            by_city[holder.city as usize].push(h);
+            by_city[holder.city.index()].push(h);
         }
     }
     let mut plan = Vec::new();
     for (c, caravan) in catalog.caravans().iter().enumerate() {
-        let pool = &mut by_city[caravan.city as usize];
+        let pool = &mut by_city[caravan.city.index()];
         for _ in 0..caravan.capacity {
             match pool.pop() {
-                Some(h) => plan.push((h, c as CaravanIdx)),
+                Some(h) => plan.push((h, CaravanIdx(c as u32))),
                 None => break,
             }
         }
@@ -238,13 +238,14 @@ pub fn make_opening_day(
     }
     let mut seated = vec![false; catalog.holder_count()];
     for &(h, _) in &plan {
-        seated[h as usize] = true;
+        seated[h.index()] = true;
     }
     let cutoff = season.schedule.waves[0].receipts_until_day;
-    let candidates: Vec<HolderIdx> = (0..catalog.holder_count() as u32)
+    let candidates: Vec<HolderIdx> = catalog
+        .holder_indices()
         .filter(|&h| {
             let holder = catalog.holder(h).unwrap();
-            !seated[h as usize]
+            !seated[h.index()]
                 && holder.receipt_status == ReceiptStatus::Valid
                 && holder.receipt_day <= cutoff
         })

@@ -8,15 +8,72 @@
 
 use rustc_hash::FxHashMap;
 
-/// Dense index of a province in [`Catalog::provinces`].
-pub type ProvinceIdx = u16;
-/// Dense index of a caravan in [`Catalog::caravans`].
-pub type CaravanIdx = u32;
-/// Dense index of a deposit holder in the catalog.
-pub type HolderIdx = u32;
-/// Dense index of a (province, city name) pair; equal indices mean the same city of the same
-/// province.
-pub type CityIdx = u32;
+/// Declares a dense index type: a newtype over an unsigned integer, so that a holder's index
+/// can never be passed where a caravan's is expected.
+macro_rules! index_type {
+    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub $inner);
+
+        impl $name {
+            /// The largest index, also used as "none".
+            pub const MAX: $name = $name(<$inner>::MAX);
+
+            /// The index as a `usize`, for indexing the `Vec` it points into.
+            #[inline]
+            pub const fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+
+        impl From<$name> for u64 {
+            #[inline]
+            fn from(idx: $name) -> u64 {
+                idx.0 as u64
+            }
+        }
+
+        impl TryFrom<usize> for $name {
+            type Error = std::num::TryFromIntError;
+
+            fn try_from(i: usize) -> Result<$name, Self::Error> {
+                <$inner>::try_from(i).map($name)
+            }
+        }
+
+        impl From<$name> for usize {
+            #[inline]
+            fn from(idx: $name) -> usize {
+                idx.index()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+index_type!(
+    /// Dense index of a province in [`Catalog::provinces`].
+    ProvinceIdx(u16)
+);
+index_type!(
+    /// Dense index of a caravan in [`Catalog::caravans`].
+    CaravanIdx(u32)
+);
+index_type!(
+    /// Dense index of a deposit holder in the catalog.
+    HolderIdx(u32)
+);
+index_type!(
+    /// Dense index of a (province, city name) pair; equal indices mean the same city of the
+    /// same province.
+    CityIdx(u32)
+);
 
 /// A province as listed in `provinces.csv`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,8 +295,18 @@ impl Catalog {
     /// The caravans of `city`, in file order.
     pub fn caravans_of_city(&self, city: CityIdx) -> &[CaravanIdx] {
         self.caravans_by_city
-            .get(city as usize)
+            .get(city.index())
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// Every holder's index, in catalog order.
+    pub fn holder_indices(&self) -> impl Iterator<Item = HolderIdx> + use<> {
+        (0..self.holders.len() as u32).map(HolderIdx)
+    }
+
+    /// Every caravan's index, in catalog order.
+    pub fn caravan_indices(&self) -> impl Iterator<Item = CaravanIdx> + use<> {
+        (0..self.caravans.len() as u32).map(CaravanIdx)
     }
 
     /// Number of deposit holders.
@@ -262,7 +329,7 @@ impl Catalog {
 
     /// The holder at `idx`, or `None` if `idx` is out of range.
     pub fn holder(&self, idx: HolderIdx) -> Option<Holder<'_>> {
-        let row = self.holders.get(idx as usize)?;
+        let row = self.holders.get(idx.index())?;
         Some(Holder {
             national_id: row.national_id,
             tracking_code: self.span(row.tracking_code),
@@ -277,7 +344,7 @@ impl Catalog {
 
     /// The fixed-size facts of the holder at `idx`, or `None` if `idx` is out of range.
     pub fn holder_facts(&self, idx: HolderIdx) -> Option<HolderFacts> {
-        let row = self.holders.get(idx as usize)?;
+        let row = self.holders.get(idx.index())?;
         Some(HolderFacts {
             national_id: row.national_id,
             receipt_day: row.receipt_day,
@@ -350,7 +417,7 @@ impl CatalogBuilder {
         if let Some(&idx) = c.city_by_name.get(&key) {
             return idx;
         }
-        let idx = c.cities.len() as CityIdx;
+        let idx = CityIdx(c.cities.len() as u32);
         c.cities.push(City {
             province,
             name: key.1.clone(),
@@ -370,7 +437,7 @@ impl CatalogBuilder {
         if usize::from(caravan.province) >= c.provinces.len() {
             return Err(format!("unknown province index {}", caravan.province));
         }
-        match c.cities.get(caravan.city as usize) {
+        match c.cities.get(caravan.city.index()) {
             Some(city) if city.province == caravan.province => {}
             _ => return Err("city does not belong to the caravan's province".to_owned()),
         }
@@ -380,7 +447,7 @@ impl CatalogBuilder {
         let idx = CaravanIdx::try_from(c.caravans.len())
             .map_err(|_| "more than 4 billion caravans".to_owned())?;
         c.caravans_by_province[usize::from(caravan.province)].push(idx);
-        c.caravans_by_city[caravan.city as usize].push(idx);
+        c.caravans_by_city[caravan.city.index()].push(idx);
         c.caravan_by_id.insert(caravan.id.clone(), idx);
         c.caravans.push(caravan);
         Ok(idx)
@@ -403,7 +470,7 @@ impl CatalogBuilder {
         let Some(count) = c.holders_by_province.get_mut(usize::from(province)) else {
             return Err(format!("unknown province index {province}"));
         };
-        match c.cities.get(city as usize) {
+        match c.cities.get(city.index()) {
             Some(found) if found.province == province => {}
             _ => return Err("city does not belong to the holder's province".to_owned()),
         }

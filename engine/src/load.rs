@@ -142,7 +142,7 @@ pub fn load_catalog_with_report(dir: &Path) -> Result<(Catalog, LoadReport), Loa
     let catalog = builder.build();
     report.cities = catalog.cities().len();
     for (city, &count) in holders_by_city.iter().enumerate() {
-        if count > 0 && catalog.caravans_of_city(city as CityIdx).is_empty() {
+        if count > 0 && catalog.caravans_of_city(CityIdx(city as u32)).is_empty() {
             report.holders_without_caravan += count;
             report.cities_without_caravan += 1;
         }
@@ -546,7 +546,7 @@ fn load_holders(
                 city,
             )
             .map_err(|e| row.error("national_id", e))?;
-        let slot = city as usize;
+        let slot = city.index();
         if per_city.len() <= slot {
             per_city.resize(slot + 1, 0);
         }

@@ -13,7 +13,7 @@ use crate::season::Stage;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReservationId {
     /// The province shard that holds it.
-    pub shard: u16,
+    pub shard: ProvinceIdx,
     /// Its position among the shard's reservations.
     pub slot: u32,
     /// 128 random bits.
@@ -22,7 +22,11 @@ pub struct ReservationId {
 
 impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04x}{:08x}{:032x}", self.shard, self.slot, self.secret)
+        write!(
+            f,
+            "{:04x}{:08x}{:032x}",
+            self.shard.0, self.slot, self.secret
+        )
     }
 }
 
@@ -36,7 +40,7 @@ impl ReservationId {
             return None;
         }
         Some(ReservationId {
-            shard: u16::from_str_radix(text.get(0..4)?, 16).ok()?,
+            shard: ProvinceIdx(u16::from_str_radix(text.get(0..4)?, 16).ok()?),
             slot: u32::from_str_radix(text.get(4..12)?, 16).ok()?,
             secret: u128::from_str_radix(text.get(12..)?, 16).ok()?,
         })

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::catalog::{Catalog, ProvinceIdx};
+use crate::catalog::{CaravanIdx, Catalog, CityIdx, HolderIdx, ProvinceIdx};
 use crate::clock::Clock;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::EngineError;
@@ -291,7 +291,7 @@ impl Engine {
         }
         for (p, cut) in cuts.iter_mut().enumerate().take(shards) {
             *cut = r.u64()?;
-            let image = decode_shard(&mut r, version, p as ProvinceIdx)?;
+            let image = decode_shard(&mut r, version, ProvinceIdx(p as u16))?;
             let shard = &self.shards[p];
             shard
                 .state
@@ -332,8 +332,8 @@ fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
     put_u32(out, st.reservations.len() as u32);
     for r in &st.reservations {
         put_u128(out, r.id.secret);
-        put_u32(out, r.holder);
-        put_u32(out, r.caravan);
+        put_u32(out, r.holder.0);
+        put_u32(out, r.caravan.0);
         out.push(r.status as u8);
         put_stage(out, r.stage);
         put_opt_i64(out, r.deadline_ms);
@@ -343,10 +343,10 @@ fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
     }
     put_u32(out, st.waitlist.len() as u32);
     for (holder, key, city) in st.waitlist.iter() {
-        put_u32(out, holder);
+        put_u32(out, holder.0);
         put_u32(out, key.receipt_day as u32);
         put_u64(out, key.join_seq);
-        put_u32(out, city);
+        put_u32(out, city.0);
     }
     let entries: Vec<_> = st
         .idempotency
@@ -361,7 +361,7 @@ fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
         match e.op {
             KeyedOp::Reserve { caravan } => {
                 out.push(ENTRY_RESERVE);
-                put_u32(out, caravan);
+                put_u32(out, caravan.0);
             }
             KeyedOp::On { op, reservation } => {
                 out.push(op.code());
@@ -396,12 +396,12 @@ const ENTRY_RESERVE: u8 = 0xFF;
 /// Reads one remembered key after its holder and key bytes, in the snapshot `version`.
 fn decode_entry(
     r: &mut Reader<'_>,
-    shard: u16,
+    shard: ProvinceIdx,
     version: u32,
 ) -> Result<(KeyedOp, i64, KeyAnswer), String> {
     if version == 1 {
         // Version 1 remembered reservations only.
-        let caravan = r.u32()?;
+        let caravan = CaravanIdx(r.u32()?);
         let id = r.id(shard)?;
         let at_ms = r.i64()?;
         let stage = r.stage()?;
@@ -421,7 +421,9 @@ fn decode_entry(
     }
     let at_ms = r.i64()?;
     let op = match r.u8()? {
-        ENTRY_RESERVE => KeyedOp::Reserve { caravan: r.u32()? },
+        ENTRY_RESERVE => KeyedOp::Reserve {
+            caravan: CaravanIdx(r.u32()?),
+        },
         code => match KeyOp::from_code(code).ok_or_else(|| format!("unknown key use {code}"))? {
             KeyOp::Join => KeyedOp::Join,
             op => KeyedOp::On {
@@ -467,8 +469,8 @@ fn decode_shard(
             slot: slot as u32,
             secret,
         };
-        let holder = r.u32()?;
-        let caravan = r.u32()?;
+        let holder = HolderIdx(r.u32()?);
+        let caravan = CaravanIdx(r.u32()?);
         let status_code = r.u8()?;
         let status = *Status::ALL
             .get(usize::from(status_code))
@@ -495,10 +497,10 @@ fn decode_shard(
     }
     let waiting = r.u32()? as usize;
     for _ in 0..waiting {
-        let holder = r.u32()?;
+        let holder = HolderIdx(r.u32()?);
         let receipt_day = r.u32()? as i32;
         let join_seq = r.u64()?;
-        let city = r.u32()?;
+        let city = CityIdx(r.u32()?);
         let key = WaitKey {
             receipt_day,
             join_seq,

@@ -4,7 +4,7 @@
 //! no eligibility check, so replay gives exactly the state the live engine had. The byte
 //! layout of each kind is in `docs/wal-format.md`; all integers are little-endian.
 
-use crate::catalog::{CaravanIdx, HolderIdx};
+use crate::catalog::{CaravanIdx, HolderIdx, ProvinceIdx};
 use crate::model::{EndReason, OperatorEvent, ReservationId};
 use crate::season::{Stage, Wave};
 
@@ -191,8 +191,8 @@ impl Record {
                 idempotency_key,
             } => {
                 put_id(out, *id);
-                put_u32(out, *holder);
-                put_u32(out, *caravan);
+                put_u32(out, holder.0);
+                put_u32(out, caravan.0);
                 put_i64(out, *at_ms);
                 put_stage(out, *stage);
                 put_opt_i64(out, *deadline_ms);
@@ -226,7 +226,7 @@ impl Record {
                     Some(offer) => {
                         out.push(1);
                         put_id(out, offer.id);
-                        put_u32(out, offer.holder);
+                        put_u32(out, offer.holder.0);
                         put_i64(out, offer.deadline_ms);
                     }
                 }
@@ -237,7 +237,7 @@ impl Record {
                 at_ms,
                 keyed,
             } => {
-                put_u32(out, *holder);
+                put_u32(out, holder.0);
                 put_i64(out, *at_ms);
                 put_key_use(out, keyed.as_ref());
             }
@@ -250,12 +250,13 @@ impl Record {
 
     /// Decodes a payload of kind `kind`; an error says what is wrong.
     pub fn decode(kind: u8, payload: &[u8], shard: u16) -> Result<Record, String> {
+        let shard = ProvinceIdx(shard);
         let mut r = Reader::new(payload);
         let record = match kind {
             kind::RESERVE => Record::Reserve {
                 id: r.id(shard)?,
-                holder: r.u32()?,
-                caravan: r.u32()?,
+                holder: HolderIdx(r.u32()?),
+                caravan: CaravanIdx(r.u32()?),
                 at_ms: r.i64()?,
                 stage: r.stage()?,
                 deadline_ms: r.opt_i64()?,
@@ -278,7 +279,7 @@ impl Record {
                     0 => None,
                     1 => Some(Offer {
                         id: r.id(shard)?,
-                        holder: r.u32()?,
+                        holder: HolderIdx(r.u32()?),
                         deadline_ms: r.i64()?,
                     }),
                     other => return Err(format!("bad offer flag {other}")),
@@ -292,7 +293,7 @@ impl Record {
                 }
             }
             kind::JOIN | kind::JOIN_KEYED => Record::Join {
-                holder: r.u32()?,
+                holder: HolderIdx(r.u32()?),
                 at_ms: r.i64()?,
                 keyed: r.key_use(kind == kind::JOIN_KEYED)?,
             },
@@ -464,7 +465,7 @@ impl<'a> Reader<'a> {
     pub fn u128(&mut self) -> Result<u128, String> {
         Ok(u128::from_le_bytes(self.array()?))
     }
-    pub fn id(&mut self, shard: u16) -> Result<ReservationId, String> {
+    pub fn id(&mut self, shard: ProvinceIdx) -> Result<ReservationId, String> {
         Ok(ReservationId {
             shard,
             slot: self.u32()?,

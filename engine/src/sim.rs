@@ -266,8 +266,7 @@ impl Sim {
     }
 
     fn random_holder(&mut self) -> HolderIdx {
-        self.rng
-            .random_range(0..self.catalog.holder_count() as HolderIdx)
+        HolderIdx(self.rng.random_range(0..self.catalog.holder_count() as u32))
     }
 
     fn reserve(&mut self) {
@@ -279,8 +278,10 @@ impl Sim {
         let caravan = if !own.is_empty() && self.rng.random_bool(0.85) {
             own[self.rng.random_range(0..own.len())]
         } else {
-            self.rng
-                .random_range(0..self.catalog.caravans().len() as CaravanIdx)
+            CaravanIdx(
+                self.rng
+                    .random_range(0..self.catalog.caravans().len() as u32),
+            )
         };
         let key_no: Option<u8> = self
             .rng
@@ -440,8 +441,8 @@ impl Sim {
             .fail_sync(self.faulty.syncs_seen() + 1, FaultMode::Persistent);
         // A holder who can still take a seat, so that the decision in flight is a real one.
         let engine = Arc::clone(self.engine());
-        let candidates: Vec<(HolderIdx, CaravanIdx)> = (0..self.catalog.holder_count()
-            as HolderIdx)
+        let candidates: Vec<(HolderIdx, CaravanIdx)> = (0..self.catalog.holder_count() as u32)
+            .map(HolderIdx)
             .filter(|&h| engine.latest_reservation(h).is_none())
             .filter_map(|h| {
                 let city = self.catalog.holder_facts(h)?.city;
@@ -592,7 +593,7 @@ impl Sim {
                     == self
                         .catalog
                         .caravans()
-                        .get(r.caravan as usize)
+                        .get(r.caravan.index())
                         .map(|c| c.city);
             if !asked && !offered {
                 self.violation(format!(

@@ -124,7 +124,7 @@ impl Waitlist {
     /// Every waiting holder with its key and city, in order.
     pub fn iter(&self) -> impl Iterator<Item = (HolderIdx, WaitKey, CityIdx)> + '_ {
         self.order.iter().map(|(key, holder)| {
-            let city = self.entries.get(holder).map_or(0, |e| e.1);
+            let city = self.entries.get(holder).map_or(CityIdx(0), |e| e.1);
             (*holder, *key, city)
         })
     }
@@ -167,17 +167,17 @@ mod tests {
     #[test]
     fn positions_follow_receipt_day_then_join_order() {
         let mut list = Waitlist::new(100, 200);
-        assert!(list.join(7, 150, 1));
-        assert!(list.join(8, 120, 2));
-        assert!(list.join(9, 150, 1));
-        assert!(!list.join(9, 150, 1));
-        assert_eq!(list.position(8), Some(1));
-        assert_eq!(list.position(7), Some(2));
-        assert_eq!(list.position(9), Some(3));
-        assert_eq!(list.head_of_city(1), Some(7));
-        assert!(list.remove(7));
-        assert_eq!(list.head_of_city(1), Some(9));
-        assert_eq!(list.position(9), Some(2));
+        assert!(list.join(HolderIdx(7), 150, CityIdx(1)));
+        assert!(list.join(HolderIdx(8), 120, CityIdx(2)));
+        assert!(list.join(HolderIdx(9), 150, CityIdx(1)));
+        assert!(!list.join(HolderIdx(9), 150, CityIdx(1)));
+        assert_eq!(list.position(HolderIdx(8)), Some(1));
+        assert_eq!(list.position(HolderIdx(7)), Some(2));
+        assert_eq!(list.position(HolderIdx(9)), Some(3));
+        assert_eq!(list.head_of_city(CityIdx(1)), Some(HolderIdx(7)));
+        assert!(list.remove(HolderIdx(7)));
+        assert_eq!(list.head_of_city(CityIdx(1)), Some(HolderIdx(9)));
+        assert_eq!(list.position(HolderIdx(9)), Some(2));
         assert_eq!(list.len(), 2);
     }
 }

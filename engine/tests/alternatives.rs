@@ -64,8 +64,8 @@ fn catalog() -> Arc<Catalog> {
 /// How far caravan `c` is from `asked`, as the engine orders them (without the spreading).
 fn distance(catalog: &Catalog, asked: CaravanIdx, c: CaravanIdx) -> (bool, u32, u32) {
     let (a, o) = (
-        &catalog.caravans()[asked as usize],
-        &catalog.caravans()[c as usize],
+        &catalog.caravans()[asked.index()],
+        &catalog.caravans()[c.index()],
     );
     let group = |g: &str| u32::from(g.as_bytes()[0]);
     (
@@ -152,7 +152,7 @@ fn with_few_free_caravans_the_order_is_route_then_price_group_then_departure() {
     };
     let ids: Vec<&str> = alternatives
         .iter()
-        .map(|&c| cat.caravans()[c as usize].id.as_str())
+        .map(|&c| cat.caravans()[c.index()].id.as_str())
         .collect();
     // group_c and group_a are one price group away; group_a also leaves a day later.
     assert_eq!(ids, ["later", "group_c", "group_a", "group_d", "second"]);

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{T0, catalog, season};
-use miqat_engine::catalog::CaravanIdx;
+use miqat_engine::catalog::{CaravanIdx, HolderIdx};
 use miqat_engine::clock::ManualClock;
 use miqat_engine::model::{EndReason, OperatorEvent, ReservationId, Status};
 use miqat_engine::season::{Stage, Wave};
@@ -34,7 +34,7 @@ fn world(holders_per_city: u32) -> World {
 }
 
 impl World {
-    fn holder(&self, national_id: u64) -> u32 {
+    fn holder(&self, national_id: u64) -> HolderIdx {
         self.engine
             .catalog()
             .holder_by_national_id(national_id)

@@ -8,7 +8,7 @@ use miqat_engine::calendar::{
     JalaliDate, format_national_id, national_id_check_digit, parse_national_id,
     parse_tehran_datetime,
 };
-use miqat_engine::catalog::{Catalog, ReceiptStatus, Route};
+use miqat_engine::catalog::{CaravanIdx, Catalog, HolderIdx, ProvinceIdx, ReceiptStatus, Route};
 use miqat_engine::datagen::{GenConfig, generate};
 use miqat_engine::load::{
     LoadError, load_catalog, load_catalog_with_report, load_season, parse_season, schedule_to_toml,
@@ -115,24 +115,29 @@ fn generated_data_set_loads_whole() {
         .sum();
     assert_eq!(seats, 85_850);
     assert_eq!(report.seats, 85_850);
-    let province_total: u32 = (0..31u16).map(|p| catalog.province_holder_count(p)).sum();
+    let province_total: u32 = (0..31u16)
+        .map(|p| catalog.province_holder_count(ProvinceIdx(p)))
+        .sum();
     assert_eq!(province_total, 20_000);
 
     // Every caravan is indexed by id, province and city.
     for (idx, caravan) in catalog.caravans().iter().enumerate() {
-        assert_eq!(catalog.caravan_by_id(&caravan.id), Some(idx as u32));
+        assert_eq!(
+            catalog.caravan_by_id(&caravan.id),
+            Some(CaravanIdx(idx as u32))
+        );
         assert!(
             catalog
                 .caravans_of_province(caravan.province)
-                .contains(&(idx as u32))
+                .contains(&CaravanIdx(idx as u32))
         );
         assert!(
             catalog
                 .caravans_of_city(caravan.city)
-                .contains(&(idx as u32))
+                .contains(&CaravanIdx(idx as u32))
         );
         assert_eq!(
-            catalog.cities()[caravan.city as usize].province,
+            catalog.cities()[caravan.city.index()].province,
             caravan.province
         );
     }
@@ -156,7 +161,7 @@ fn generated_data_set_loads_whole() {
         assert_eq!(holder.receipt_status.as_str(), &record[4]);
         let province = catalog.province_by_id(record[5].parse().unwrap()).unwrap();
         assert_eq!(holder.province, province);
-        let city = &catalog.cities()[holder.city as usize];
+        let city = &catalog.cities()[holder.city.index()];
         assert_eq!(city.province, province);
         assert_eq!(city.name, &record[6]);
         assert!(!catalog.caravans_of_city(holder.city).is_empty());
@@ -234,17 +239,20 @@ capacity,price_rial,departure_date,route,price_group,phone,manager,city,province
     assert_eq!(catalog.caravans()[0].price_rial, 2_000_000_000);
     assert_eq!(catalog.caravans()[1].capacity, 120);
     assert_eq!(
-        catalog.cities()[catalog.caravans()[0].city as usize].name,
+        catalog.cities()[catalog.caravans()[0].city.index()].name,
         "Tehran"
     );
     assert!(catalog.holder_by_national_id(12_345_679).is_some());
-    let holder = catalog.holder(1).unwrap();
+    let holder = catalog.holder(HolderIdx(1)).unwrap();
     assert_eq!(
         holder.receipt_day,
         JalaliDate::parse("1386/02/10").unwrap().to_day_number()
     );
     // Holders and caravans of the same city share one city index.
-    assert_eq!(catalog.holder(0).unwrap().city, catalog.caravans()[0].city);
+    assert_eq!(
+        catalog.holder(HolderIdx(0)).unwrap().city,
+        catalog.caravans()[0].city
+    );
 }
 
 #[test]

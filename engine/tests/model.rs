@@ -115,10 +115,10 @@ impl Model {
     fn new(cat: &Catalog) -> Model {
         let holders = (0..cat.holder_count() as u32)
             .map(|i| {
-                let h = cat.holder(i).unwrap();
+                let h = cat.holder(HolderIdx(i)).unwrap();
                 (
-                    h.province,
-                    h.city,
+                    h.province.0,
+                    h.city.0,
                     h.receipt_day,
                     h.receipt_status == ReceiptStatus::Valid,
                 )
@@ -127,7 +127,7 @@ impl Model {
         let caravans = cat
             .caravans()
             .iter()
-            .map(|c| (c.province, c.city, c.capacity))
+            .map(|c| (c.province.0, c.city.0, c.capacity))
             .collect();
         Model {
             now_ms: T0,
@@ -443,12 +443,12 @@ impl Harness {
     }
 
     fn holder(&self, h: usize) -> HolderIdx {
-        h as HolderIdx
+        HolderIdx(h as u32)
     }
 
     fn run(&mut self, op: &Op) -> Outcome {
         let e = &self.engine;
-        let latest = |h: usize| e.latest_reservation(h as HolderIdx).map(|v| v.id);
+        let latest = |h: usize| e.latest_reservation(HolderIdx(h as u32)).map(|v| v.id);
         match *op {
             Op::Reserve {
                 holder,
@@ -456,7 +456,11 @@ impl Harness {
                 key,
             } => {
                 let key = key.map(|k| vec![b'k', k]);
-                match e.reserve(self.holder(holder), caravan as CaravanIdx, key.as_deref()) {
+                match e.reserve(
+                    self.holder(holder),
+                    CaravanIdx(caravan as u32),
+                    key.as_deref(),
+                ) {
                     Ok(c) => {
                         e.wait(&c).unwrap();
                         if c.value.replayed {
@@ -519,7 +523,7 @@ impl Harness {
         e.check_invariants()?;
         for c in 0..model.caravans.len() {
             let want = model.caravans[c].2 - model.occupied(c);
-            let got = e.free_seats(c as CaravanIdx);
+            let got = e.free_seats(CaravanIdx(c as u32));
             if want != got {
                 return Err(format!("caravan {c}: free {got}, model {want}"));
             }
@@ -527,15 +531,22 @@ impl Harness {
         for h in 0..model.holders.len() {
             let want = model.latest.get(&h).map(|&i| {
                 let r = &model.res[i];
-                (r.caravan as CaravanIdx, r.status, r.stage, r.deadline_ms)
+                (
+                    CaravanIdx(r.caravan as u32),
+                    r.status,
+                    r.stage,
+                    r.deadline_ms,
+                )
             });
             let got = e
-                .latest_reservation(h as HolderIdx)
+                .latest_reservation(HolderIdx(h as u32))
                 .map(|v| (v.caravan, v.status, v.stage, v.deadline_ms));
             if want != got {
                 return Err(format!("holder {h}: engine {got:?}, model {want:?}"));
             }
-            let got_pos = e.waitlist_status(h as HolderIdx).and_then(|s| s.position);
+            let got_pos = e
+                .waitlist_status(HolderIdx(h as u32))
+                .and_then(|s| s.position);
             if got_pos != model.position(h) {
                 return Err(format!(
                     "holder {h}: waiting position {got_pos:?}, model {:?}",

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use miqat_bench::{caravan_per_province, with_short_documents_stage};
+use miqat_engine::catalog::{CaravanIdx, HolderIdx, ProvinceIdx};
 use miqat_engine::clock::SystemClock;
 use miqat_engine::model::{ReservationId, Status};
 use miqat_engine::{Engine, EngineConfig};
@@ -52,11 +53,11 @@ fn main() {
         let n = i / u32::from(provinces);
         p * per_province + n
     });
-    let mut reserved: Vec<(u32, ReservationId, i64)> = Vec::with_capacity(total as usize);
+    let mut reserved: Vec<(HolderIdx, ReservationId, i64)> = Vec::with_capacity(total as usize);
     let per_ms = f64::from(total) / (spread_s * 1e3);
     let started = Instant::now();
     let mut behind_max_ms = 0f64;
-    for (i, h) in order.enumerate() {
+    for (i, h) in order.map(HolderIdx).enumerate() {
         // Pace: hold i is taken no earlier than i / per_ms milliseconds after the start.
         let due_ms = i as f64 / per_ms;
         loop {
@@ -83,7 +84,7 @@ fn main() {
     let give_up =
         Instant::now() + Duration::from_secs(30) + Duration::from_millis(DOCUMENTS_MS as u64);
     while (0..provinces)
-        .map(|p| engine.province_holds_live(p))
+        .map(|p| engine.province_holds_live(ProvinceIdx(p)))
         .sum::<u32>()
         > 0
         && Instant::now() < give_up
@@ -147,8 +148,8 @@ fn main() {
 }
 
 /// The caravan of holder `h` (one caravan per province, in province order).
-fn caravan_of(h: u32, per_province: u32) -> u32 {
-    h / per_province
+fn caravan_of(h: HolderIdx, per_province: u32) -> CaravanIdx {
+    CaravanIdx(h.0 / per_province)
 }
 
 /// User + system CPU seconds of this process's thread named `name` (0 if not found), from

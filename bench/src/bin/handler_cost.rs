@@ -48,7 +48,7 @@ fn main() {
                     "{{\"national_id\":\"{:010}\",\"tracking_code\":\"{}\",\"caravan_id\":\"{}\"}}",
                     x.national_id,
                     x.tracking_code,
-                    catalog.caravans()[c as usize].id
+                    catalog.caravans()[c.index()].id
                 )
             })
             .collect();

@@ -254,7 +254,7 @@ fn reserve_jobs(catalog: &Catalog, season: &Season) -> Vec<Job> {
             let body = ReserveBody {
                 national_id: format!("{:010}", holder.national_id),
                 tracking_code: holder.tracking_code.to_owned(),
-                caravan_id: catalog.caravans()[c as usize].id.clone(),
+                caravan_id: catalog.caravans()[c.index()].id.clone(),
             };
             Job {
                 post: true,

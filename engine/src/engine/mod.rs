@@ -164,7 +164,7 @@ impl Engine {
                 let (first, last) = ranges[p];
                 CachePadded::new(Shard::new(
                     &catalog,
-                    p as ProvinceIdx,
+                    ProvinceIdx(p as u16),
                     Arc::clone(&schedule),
                     first,
                     last,
@@ -174,11 +174,11 @@ impl Engine {
         let mut caravan_local = vec![0u32; catalog.caravans().len()];
         for p in 0..province_count {
             for (slot, &c) in catalog
-                .caravans_of_province(p as ProvinceIdx)
+                .caravans_of_province(ProvinceIdx(p as u16))
                 .iter()
                 .enumerate()
             {
-                caravan_local[c as usize] = slot as u32;
+                caravan_local[c.index()] = slot as u32;
             }
         }
         let mut seed_rng = match config.id_seed {
@@ -464,7 +464,7 @@ impl Engine {
 fn receipt_day_ranges(catalog: &Catalog) -> Vec<(i32, i32)> {
     let mut ranges = vec![(i32::MAX, i32::MIN); catalog.provinces().len()];
     for idx in 0..catalog.holder_count() as u32 {
-        if let Some(h) = catalog.holder_facts(idx) {
+        if let Some(h) = catalog.holder_facts(HolderIdx(idx)) {
             let range = &mut ranges[usize::from(h.province)];
             range.0 = range.0.min(h.receipt_day);
             range.1 = range.1.max(h.receipt_day);

@@ -27,7 +27,7 @@ impl Engine {
         let p = self.holder_shard(holder)?;
         self.catalog
             .caravans()
-            .get(caravan as usize)
+            .get(caravan.index())
             .ok_or(EngineError::CaravanNotFound)?;
         let key = checked_key(idempotency_key)?;
         let done = self.run_on_reservation(

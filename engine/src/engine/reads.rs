@@ -40,10 +40,10 @@ pub struct ReservationFilter {
 impl Engine {
     /// Free seats of `caravan` (0 for an unknown one), without taking any lock.
     pub fn free_seats(&self, caravan: CaravanIdx) -> u32 {
-        let Some(c) = self.catalog.caravans().get(caravan as usize) else {
+        let Some(c) = self.catalog.caravans().get(caravan.index()) else {
             return 0;
         };
-        let slot = self.caravan_local[caravan as usize] as usize;
+        let slot = self.caravan_local[caravan.index()] as usize;
         self.shards[usize::from(c.province)].counters.free[slot].load(Ordering::Acquire)
     }
 
@@ -78,7 +78,7 @@ impl Engine {
         self.catalog
             .caravans_of_province(province)
             .iter()
-            .map(|&c| u64::from(self.catalog.caravans()[c as usize].capacity))
+            .map(|&c| u64::from(self.catalog.caravans()[c.index()].capacity))
             .sum()
     }
 
@@ -175,7 +175,7 @@ impl Engine {
             ..EngineStats::default()
         };
         for (p, shard) in self.shards.iter().enumerate() {
-            stats.seats_total += self.province_seats_total(p as ProvinceIdx);
+            stats.seats_total += self.province_seats_total(ProvinceIdx(p as u16));
             stats.seats_free += u64::from(shard.counters.free_total.load(Ordering::Acquire));
             let st = shard.state.lock();
             for r in &st.reservations {
@@ -200,17 +200,17 @@ impl Engine {
     pub fn check_invariants(&self) -> Result<(), String> {
         for (p, shard) in self.shards.iter().enumerate() {
             let st = shard.state.lock();
-            let caravans = self.catalog.caravans_of_province(p as ProvinceIdx);
+            let caravans = self.catalog.caravans_of_province(ProvinceIdx(p as u16));
             let mut live = vec![0u32; caravans.len()];
             let mut live_per_holder = rustc_hash::FxHashMap::<HolderIdx, u32>::default();
             for r in st.reservations.iter().filter(|r| r.status.is_live()) {
-                live[self.caravan_local[r.caravan as usize] as usize] += 1;
+                live[self.caravan_local[r.caravan.index()] as usize] += 1;
                 *live_per_holder.entry(r.holder).or_default() += 1;
             }
             let mut free_total = 0u32;
             for (slot, &c) in caravans.iter().enumerate() {
-                let capacity = self.catalog.caravans()[c as usize].capacity;
-                let caravan_id = &self.catalog.caravans()[c as usize].id;
+                let capacity = self.catalog.caravans()[c.index()].capacity;
+                let caravan_id = &self.catalog.caravans()[c.index()].id;
                 if live[slot] > capacity {
                     return Err(format!(
                         "caravan {caravan_id} holds {} for {capacity} seats",

@@ -135,7 +135,7 @@ fn reserve(
     let c = ctx
         .catalog
         .caravans()
-        .get(caravan as usize)
+        .get(caravan.index())
         .ok_or(EngineError::CaravanNotFound)?;
     if let Some((at_ms, answer)) =
         key_replay(st, ctx, h.local, key, KeyedOp::Reserve { caravan }, now_ms)?
@@ -400,7 +400,7 @@ fn end_record(
     secret: u128,
 ) -> Record {
     let r = &st.reservations[idx as usize];
-    let city = ctx.catalog.caravans()[r.caravan as usize].city;
+    let city = ctx.catalog.caravans()[r.caravan.index()].city;
     let offer = st.waitlist.head_of_city(city).map(|holder| Offer {
         id: st.next_id(secret),
         holder,
@@ -542,16 +542,16 @@ pub(crate) fn alternatives(
     holder: HolderIdx,
 ) -> Vec<CaravanIdx> {
     let caravans = ctx.catalog.caravans();
-    let asked_caravan = caravans.get(asked as usize);
+    let asked_caravan = caravans.get(asked.index());
     let closeness = |c: CaravanIdx| -> (u8, u32, u32, u64) {
         let spread = spread_hash(holder, c);
         let Some(a) = asked_caravan else {
             return (0, 0, 0, spread);
         };
-        let other = &caravans[c as usize];
+        let other = &caravans[c.index()];
         (
             u8::from(other.route != a.route),
-            ctx.price_rank[c as usize].abs_diff(ctx.price_rank[asked as usize]),
+            ctx.price_rank[c.index()].abs_diff(ctx.price_rank[asked.index()]),
             other.departure_day.abs_diff(a.departure_day),
             spread,
         )

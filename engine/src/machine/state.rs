@@ -137,11 +137,11 @@ impl Shard {
         let caravans = catalog.caravans_of_province(province);
         let free: Box<[AtomicU32]> = caravans
             .iter()
-            .map(|&c| AtomicU32::new(catalog.caravans()[c as usize].capacity))
+            .map(|&c| AtomicU32::new(catalog.caravans()[c.index()].capacity))
             .collect();
         let total: u32 = caravans
             .iter()
-            .map(|&c| catalog.caravans()[c as usize].capacity)
+            .map(|&c| catalog.caravans()[c.index()].capacity)
             .fold(0u32, u32::saturating_add);
         let holders = catalog.province_holder_count(province);
         let state = ShardState {
@@ -283,7 +283,7 @@ impl ShardState {
         let c = ctx
             .catalog
             .caravans()
-            .get(caravan as usize)
+            .get(caravan.index())
             .ok_or_else(|| format!("unknown caravan index {caravan}"))?;
         if c.province != self.province {
             return Err(format!(
@@ -291,7 +291,7 @@ impl ShardState {
                 self.province
             ));
         }
-        Ok(ctx.caravan_local[caravan as usize] as usize)
+        Ok(ctx.caravan_local[caravan.index()] as usize)
     }
 
     fn push_timer(&mut self, counters: &ShardCounters, deadline_ms: Option<i64>, idx: u32) {
@@ -579,13 +579,13 @@ impl ShardState {
     /// are its capacity less its live reservations (held, offered, confirmed). 0 for a caravan
     /// of another province.
     pub fn seats_free(&self, ctx: &Ctx<'_>, caravan: CaravanIdx) -> u32 {
-        let Some(c) = ctx.catalog.caravans().get(caravan as usize) else {
+        let Some(c) = ctx.catalog.caravans().get(caravan.index()) else {
             return 0;
         };
         if c.province != self.province {
             return 0;
         }
-        let slot = ctx.caravan_local[caravan as usize] as usize;
+        let slot = ctx.caravan_local[caravan.index()] as usize;
         c.capacity.saturating_sub(self.occupied[slot])
     }
 
@@ -596,7 +596,7 @@ impl ShardState {
         caravan: CaravanIdx,
         slot: usize,
     ) -> Result<(), String> {
-        let capacity = ctx.catalog.caravans()[caravan as usize].capacity;
+        let capacity = ctx.catalog.caravans()[caravan.index()].capacity;
         if self.seats_free(ctx, caravan) == 0 {
             return Err(format!("caravan {caravan} would be over capacity"));
         }

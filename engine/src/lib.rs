@@ -17,13 +17,16 @@ pub mod error;
 pub mod load;
 pub mod model;
 pub mod persist;
+/// The log records' byte form. Public only so that the decoder can be fuzzed from outside
+/// the crate (`engine/tests/fuzz.rs`); not a stable interface.
+#[doc(hidden)]
+pub mod record;
 pub mod season;
 pub mod sim;
 pub mod wal;
 
 mod machine;
 mod planted;
-mod record;
 mod sync;
 mod waitlist;
 

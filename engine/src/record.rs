@@ -15,7 +15,7 @@ const ALL_PROVINCES: u16 = 0xFFFF;
 
 /// A seat given to the head of a waiting list, made in the same decision that freed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Offer {
+pub struct Offer {
     pub id: ReservationId,
     pub holder: HolderIdx,
     pub deadline_ms: i64,
@@ -24,7 +24,7 @@ pub(crate) struct Offer {
 /// What a keyed decision other than a reservation was asked for: a retry with the same
 /// `Idempotency-Key` must ask for the same again to get the original answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KeyOp {
+pub enum KeyOp {
     /// The holder cancelled (or declined an offer).
     Cancel,
     /// The holder accepted an offer.
@@ -64,14 +64,14 @@ impl KeyOp {
 
 /// The `Idempotency-Key` a decision was made under, and what it was asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct KeyUse {
+pub struct KeyUse {
     pub op: KeyOp,
     pub key: Vec<u8>,
 }
 
 /// One logged decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Record {
+pub enum Record {
     /// A holder took a seat: a hold at `stage`, or confirmed at once when there are no stages.
     Reserve {
         id: ReservationId,
@@ -111,7 +111,7 @@ pub(crate) enum Record {
 }
 
 /// The one-byte record kinds on disk.
-pub(crate) mod kind {
+pub mod kind {
     pub const RESERVE: u8 = 1;
     pub const ADVANCE: u8 = 2;
     pub const END: u8 = 3;
@@ -419,6 +419,22 @@ pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&bytes[..len]);
 }
 
+/// The furthest from the Unix epoch a decoded instant may lie, in milliseconds (2^53, about
+/// 285,000 years): beyond every instant a clock, a season or an operator can produce, and far
+/// enough from the `i64` limits that the difference of two instants cannot overflow.
+pub const INSTANT_MS_MAX: i64 = 1 << 53;
+
+/// Returns `ms` if and only if it lies within [`INSTANT_MS_MAX`] of the epoch.
+fn checked_instant(ms: i64) -> Result<i64, String> {
+    if ms.unsigned_abs() <= INSTANT_MS_MAX.unsigned_abs() {
+        Ok(ms)
+    } else {
+        Err(format!(
+            "instant {ms} ms is out of range (at most {INSTANT_MS_MAX} from 1970)"
+        ))
+    }
+}
+
 /// A bounds-checked little-endian reader: running off the end is an error, never a panic.
 pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
@@ -459,8 +475,10 @@ impl<'a> Reader<'a> {
     pub fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.array()?))
     }
+    /// Reads an instant in milliseconds since the Unix epoch (the format's only signed 64-bit
+    /// field); refuses one further than [`INSTANT_MS_MAX`] from the epoch.
     pub fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.array()?))
+        checked_instant(i64::from_le_bytes(self.array()?))
     }
     pub fn u128(&mut self) -> Result<u128, String> {
         Ok(u128::from_le_bytes(self.array()?))
@@ -472,9 +490,12 @@ impl<'a> Reader<'a> {
             secret: self.u128()?,
         })
     }
+    /// Reads an optional instant: `i64::MIN` is none, anything else as [`Reader::i64`].
     pub fn opt_i64(&mut self) -> Result<Option<i64>, String> {
-        let v = self.i64()?;
-        Ok((v != i64::MIN).then_some(v))
+        match i64::from_le_bytes(self.array()?) {
+            i64::MIN => Ok(None),
+            v => checked_instant(v).map(Some),
+        }
     }
     pub fn stage(&mut self) -> Result<Option<Stage>, String> {
         match self.u8()? {

@@ -73,7 +73,8 @@ impl Waitlist {
         if self.entries.contains_key(&holder) {
             return false;
         }
-        self.next_join_seq = self.next_join_seq.max(key.join_seq + 1);
+        // Saturating: a restored key may carry any sequence (snapshots are outside bytes).
+        self.next_join_seq = self.next_join_seq.max(key.join_seq.saturating_add(1));
         self.entries.insert(holder, (key, city));
         self.order.insert(key, holder);
         self.by_city.entry(city).or_default().insert((key, holder));
@@ -108,7 +109,7 @@ impl Waitlist {
     /// The 1-based position of `holder` in the whole province's order.
     pub fn position(&self, holder: HolderIdx) -> Option<u64> {
         let (key, _) = self.entries.get(&holder)?;
-        let earlier_days = self.fenwick_prefix(key.receipt_day - 1);
+        let earlier_days = self.fenwick_prefix(key.receipt_day.saturating_sub(1));
         let same_day_earlier = self
             .order
             .range(
@@ -179,5 +180,17 @@ mod tests {
         assert_eq!(list.head_of_city(CityIdx(1)), Some(HolderIdx(9)));
         assert_eq!(list.position(HolderIdx(9)), Some(2));
         assert_eq!(list.len(), 2);
+    }
+
+    #[test]
+    fn restored_keys_at_the_limits_do_not_overflow() {
+        let mut list = Waitlist::new(100, 200);
+        let key = WaitKey {
+            receipt_day: i32::MIN,
+            join_seq: u64::MAX,
+        };
+        assert!(list.insert(HolderIdx(7), key, CityIdx(1)));
+        assert_eq!(list.next_join_seq(), u64::MAX);
+        assert_eq!(list.position(HolderIdx(7)), Some(1));
     }
 }

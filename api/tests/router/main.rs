@@ -1,0 +1,17 @@
+//! The router's tests: every endpoint of CONTRACT's HTTP API and every row of its error table,
+//! driven through `miqat_api::app` with `tower::ServiceExt::oneshot` (no sockets), over a small
+//! catalog whose national IDs carry valid check digits. One module per resource, one test
+//! binary.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod admin;
+mod caravans;
+mod errors;
+mod events;
+mod limits;
+mod operations;
+mod reservations;
+mod waitlist;
+mod waves;

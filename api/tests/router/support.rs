@@ -16,9 +16,11 @@ pub use miqat_engine::calendar::{
     JalaliDate, format_national_id, format_rfc3339_utc, format_tehran_jalali,
     national_id_check_digit, parse_national_id,
 };
-pub use miqat_engine::catalog::{Caravan, Catalog, CatalogBuilder, ReceiptStatus, Route};
+pub use miqat_engine::catalog::Catalog;
 pub use miqat_engine::clock::ManualClock;
-pub use miqat_engine::season::{Schedule, Season, Stage, Wave};
+pub use miqat_engine::season::Season;
+
+use crate::fixture;
 pub use miqat_engine::{Engine, EngineConfig};
 pub use serde_json::{Value, json};
 pub use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,7 +31,7 @@ pub use tower::ServiceExt;
 // ------------------------------------------------------------------------------------------
 
 /// The instant every test starts at (2020-09-13T12:26:40Z).
-pub const T0: i64 = 1_600_000_000_000;
+pub const T0: i64 = fixture::T0;
 /// Receipts deposited on or before this day are called by the test wave.
 pub const CUTOFF_DAY: i32 = 150;
 /// Departure day of every caravan.
@@ -85,105 +87,47 @@ pub fn late() -> Holder {
     holder(91)
 }
 
-/// Province 1 "North": city A (a1 cap 2 medina_first group A, a2 cap 1 medina_second group B),
-/// city B (b1 cap 1). Province 2 "South": city C (c1 cap 2), city D (d1..d7, cap 1 each).
+/// The catalog and season, in the fixture language (see `fixture.rs` for its grammar).
+/// Holders are numbered: city A 0..7, B 10..15, C 20..25, D 30..40, receipt day 100 + n; in
+/// city A, 90's receipt needs conversion and 91's is later than the wave's cutoff.
+pub const FIXTURE: &str = "
+    province 1 North شمال: city A: a1 cap 2, a2 cap 1 medina_second group B; city B: b1 cap 1
+    province 2 South جنوب: city C: c1 cap 2; city D: d1..=d7 cap 1 medina_second group C
+    caravans: manager Manager {id}; phone 021-5555; price 1500000000
+    holders: ids checked from 271828000; receipts from day 100; A 0..7; B 10..15; C 20..25
+    holders: D 30..40; 90 needs_conversion day 10 in A; 91 day 200 in A
+    wave main until day 150 opens T0
+    stages: documents 10s, first_payment 20s, medical 30s, final_payment 40s; offers 5s
+";
+
+/// The catalog of [`FIXTURE`]: province 1 "North" with cities A (a1, a2) and B (b1), province
+/// 2 "South" with cities C (c1) and D (d1..d7).
 pub fn catalog() -> Arc<Catalog> {
-    let mut builder = CatalogBuilder::new();
-    let north = builder.add_province(1, "North", "شمال").unwrap();
-    let south = builder.add_province(2, "South", "جنوب").unwrap();
-    let city_a = builder.city(north, "A");
-    let city_b = builder.city(north, "B");
-    let city_c = builder.city(south, "C");
-    let city_d = builder.city(south, "D");
-    let mut caravans = vec![
-        ("a1", north, city_a, 2, Route::MedinaFirst, "A"),
-        ("a2", north, city_a, 1, Route::MedinaSecond, "B"),
-        ("b1", north, city_b, 1, Route::MedinaFirst, "A"),
-        ("c1", south, city_c, 2, Route::MedinaFirst, "A"),
-    ];
-    let d_ids: Vec<String> = (1..=7).map(|i| format!("d{i}")).collect();
-    for id in &d_ids {
-        caravans.push((id, south, city_d, 1, Route::MedinaSecond, "C"));
-    }
-    for (id, province, city, capacity, route, group) in caravans {
-        builder
-            .add_caravan(Caravan {
-                id: id.into(),
-                province,
-                city,
-                manager: format!("Manager {id}"),
-                phone: "021-5555".into(),
-                price_group: group.into(),
-                route,
-                departure_day: DEPARTURE_DAY,
-                price_rial: 1_500_000_000,
-                capacity,
-            })
-            .unwrap();
-    }
-    let add = |builder: &mut CatalogBuilder, n: u64, day: i32, status, province, city| {
-        builder
-            .add_holder(
-                nid(n),
-                &format!("t{n}"),
-                &format!("r{n}"),
-                day,
-                status,
-                province,
-                city,
-            )
-            .unwrap();
-    };
-    for (range, province, city) in [
-        (0..7, north, city_a),
-        (10..15, north, city_b),
-        (20..25, south, city_c),
-        (30..40, south, city_d),
-    ] {
-        for n in range {
-            add(
-                &mut builder,
-                n,
-                100 + n as i32,
-                ReceiptStatus::Valid,
-                province,
-                city,
-            );
-        }
-    }
-    add(
-        &mut builder,
-        90,
-        10,
-        ReceiptStatus::NeedsConversion,
-        north,
-        city_a,
+    let fx = fixture::parse(FIXTURE);
+    assert!(
+        fx.catalog
+            .caravans()
+            .iter()
+            .all(|c| c.departure_day == DEPARTURE_DAY)
     );
-    add(&mut builder, 91, 200, ReceiptStatus::Valid, north, city_a);
-    Arc::new(builder.build())
+    assert_eq!(
+        fx.national_id(7),
+        nid(7),
+        "the fixture numbers holders as `nid` does"
+    );
+    fx.catalog
 }
 
-/// One wave open since `opens_at_ms` for receipts up to [`CUTOFF_DAY`]; stages of 10, 20, 30
-/// and 40 seconds; offers open 5 seconds.
+/// The season of [`FIXTURE`] with its wave opening at `opens_at_ms`: receipts up to
+/// [`CUTOFF_DAY`]; stages of 10, 20, 30 and 40 seconds; offers open 5 seconds.
 pub fn season_opening_at(opens_at_ms: i64) -> Season {
-    Season {
-        schedule: Schedule {
-            waves: vec![Wave {
-                name: "main".into(),
-                receipts_until_day: CUTOFF_DAY,
-                opens_at_ms,
-                provinces: None,
-                admits_earlier_receipts: false,
-            }],
-        },
-        stages: vec![
-            (Stage::Documents, DOCUMENTS_MS),
-            (Stage::FirstPayment, 20_000),
-            (Stage::Medical, 30_000),
-            (Stage::FinalPayment, 40_000),
-        ],
-        offer_deadline_ms: OFFER_MS,
-    }
+    let mut season = fixture::parse(FIXTURE).season;
+    assert_eq!(season.stages[0].1, DOCUMENTS_MS);
+    assert_eq!(season.offer_deadline_ms, OFFER_MS);
+    let wave = &mut season.schedule.waves[0];
+    assert_eq!(wave.receipts_until_day, CUTOFF_DAY);
+    wave.opens_at_ms = opens_at_ms;
+    season
 }
 
 /// The operator token set, a generous per-holder rate and an uncached caravan list.

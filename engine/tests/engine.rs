@@ -10,7 +10,7 @@ use common::check::check;
 use common::{T0, catalog, opens_at, season, world_fixture};
 use miqat_engine::catalog::CaravanIdx;
 use miqat_engine::clock::ManualClock;
-use miqat_engine::model::{EndReason, OperatorEvent, ReservationId, Status};
+use miqat_engine::model::{OperatorEvent, ReservationId, Status};
 use miqat_engine::season::{Stage, Wave};
 use miqat_engine::{Engine, EngineConfig, EngineError};
 
@@ -166,38 +166,44 @@ fn idempotency_key_replays_the_original_and_refuses_another_body() {
 
 #[test]
 fn stages_complete_in_order_and_the_last_confirms() {
-    let w = world(2);
-    let id = w.reserve(1000, "a1").unwrap();
-    check_err(
-        w.engine.operator_event(id, OperatorEvent::MedicalApproved),
-        "invalid_transition",
-    );
-    for (event, next) in [
-        (OperatorEvent::DocumentsReceived, Some(Stage::FirstPayment)),
-        (OperatorEvent::FirstPaymentReceived, Some(Stage::Medical)),
-        (OperatorEvent::MedicalApproved, Some(Stage::FinalPayment)),
-        (OperatorEvent::FinalPaymentReceived, None),
-    ] {
-        w.clock.advance(1_000);
-        let view = w.engine.operator_event(id, event).unwrap().value;
-        assert_eq!(view.stage, next);
-        assert_eq!(view.deadline_ms.is_some(), next.is_some());
-    }
-    assert_eq!(w.status(id).0, Status::Confirmed);
-    // Nothing is pending any more: a long wait expires nothing.
-    w.clock.advance(10 * 3_600_000);
-    assert_eq!(w.engine.expire_due().unwrap().0, 0);
-    let v = w
-        .engine
-        .operator_event(id, OperatorEvent::MedicalRejected)
-        .unwrap()
-        .value;
-    assert_eq!(v.status, Status::Rejected);
-    assert_eq!(v.end_reason, Some(EndReason::MedicalRejected));
-    assert_eq!(w.free("a1"), 2);
-    check_err(
-        w.engine.operator_event(id, OperatorEvent::Deceased),
-        "invalid_transition",
+    // Each stage's deadline counts from its start; once confirmed nothing is pending, so a
+    // long wait expires nothing; a confirmed holder can still be rejected at the medical.
+    check(
+        &world_fixture(2),
+        "
+        reserve 1000 a1
+        event 1000 medical_approved
+        advance 1s
+        event 1000 documents_received
+        advance 1s
+        event 1000 first_payment_received
+        advance 1s
+        event 1000 medical_approved
+        advance 1s
+        event 1000 final_payment_received
+        advance 10h
+        expire
+        event 1000 medical_rejected
+        free a1
+        event 1000 deceased
+        ",
+        "
+        reserve 1000 a1 -> a1 held documents until T0+10s
+        event 1000 medical_approved -> invalid_transition
+        advance 1s -> now T0+1s
+        event 1000 documents_received -> a1 held first_payment until T0+21s
+        advance 1s -> now T0+2s
+        event 1000 first_payment_received -> a1 held medical until T0+32s
+        advance 1s -> now T0+3s
+        event 1000 medical_approved -> a1 held final_payment until T0+43s
+        advance 1s -> now T0+4s
+        event 1000 final_payment_received -> a1 confirmed
+        advance 10h -> now T0+36004s
+        expire -> expired 0
+        event 1000 medical_rejected -> a1 rejected because medical_rejected
+        free a1 -> 2
+        event 1000 deceased -> invalid_transition
+        ",
     );
 }
 
@@ -335,34 +341,43 @@ fn waiting_list_offers_freed_seats_in_order_and_passes_ignored_offers_on() {
 
 #[test]
 fn an_ignored_offer_passes_to_the_next_waiting_holder() {
-    let w = world(6);
-    let r0 = w.reserve(1000, "a1").unwrap();
-    w.reserve(1001, "a1").unwrap();
-    w.reserve(1002, "a2").unwrap();
-    let _ = w.engine.join_waitlist(w.holder(1003)).unwrap();
-    let _ = w.engine.join_waitlist(w.holder(1004)).unwrap();
-    let _ = w.engine.cancel(w.holder(1000), r0).unwrap();
-    let first = w
-        .engine
-        .waitlist_status(w.holder(1003))
-        .unwrap()
-        .offer
-        .unwrap();
-    w.clock.advance(5_000);
-    assert_eq!(w.engine.expire_due().unwrap().0, 1);
-    assert_eq!(w.status(first.id).0, Status::Expired);
-    let second = w
-        .engine
-        .waitlist_status(w.holder(1004))
-        .unwrap()
-        .offer
-        .unwrap();
-    assert_eq!(second.deadline_ms, Some(T0 + 10_000));
-    assert_eq!(w.free("a1"), 0);
-    // Declining passes it on too; with nobody left, it returns to the pool.
-    let v = w.engine.cancel(w.holder(1004), second.id).unwrap().value;
-    assert_eq!(v.end_reason, Some(EndReason::OfferDeclined));
-    assert_eq!(w.free("a1"), 1);
+    // An offer nobody takes expires and passes to the next waiting holder; declining passes
+    // it on too, and with nobody left the seat returns to the pool.
+    check(
+        &world_fixture(6),
+        "
+        reserve 1000 a1
+        reserve 1001 a1
+        reserve 1002 a2
+        join 1003
+        join 1004
+        cancel 1000
+        offer 1003
+        advance 5s
+        expire
+        show 1003
+        offer 1004
+        free a1
+        cancel 1004
+        free a1
+        ",
+        "
+        reserve 1000 a1 -> a1 held documents until T0+10s
+        reserve 1001 a1 -> a1 held documents until T0+10s
+        reserve 1002 a2 -> a2 held documents until T0+10s
+        join 1003 -> position 1
+        join 1004 -> position 2
+        cancel 1000 -> a1 cancelled because holder_cancelled
+        offer 1003 -> a1 offered until T0+5s
+        advance 5s -> now T0+5s
+        expire -> expired 1
+        show 1003 -> a1 expired because offer_expired
+        offer 1004 -> a1 offered until T0+10s
+        free a1 -> 0
+        cancel 1004 -> a1 cancelled because offer_declined
+        free a1 -> 1
+        ",
+    );
 }
 
 #[test]

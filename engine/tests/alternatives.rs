@@ -7,58 +7,27 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use common::{T0, season};
-use miqat_engine::catalog::{Caravan, CaravanIdx, Catalog, CatalogBuilder, ReceiptStatus, Route};
+use common::check::check;
+use common::{T0, fixture, season};
+use miqat_engine::catalog::{CaravanIdx, Catalog};
 use miqat_engine::clock::ManualClock;
 use miqat_engine::{Engine, EngineConfig, EngineError};
 
 /// The asked-for caravan `full` (medina_first, group B, day 18,000, one seat), twelve caravans
 /// exactly as close (`same0`..`same11`), and one caravan per kind of distance: another day, a
-/// neighbouring price group, a far price group, the other route. Forty holders of the city.
+/// neighbouring price group, a far price group, the other route. Forty holders of the city,
+/// national IDs 1000..1039.
+const FIXTURE: &str = "
+    province 1 North شمال: city A: full cap 1 group B, same0..=same11 cap 1 group B,
+        later cap 1 group B departs day 18009, group_c cap 1 group C, group_d cap 1 group D,
+        group_a cap 1 group A departs day 18001, second cap 1 medina_second group B
+    holders: ids from 1000; receipts on day 100; 40 per city
+    wave main until day 150 opens T0
+    stages: documents 10s, first_payment 20s, medical 30s, final_payment 40s; offers 5s
+";
+
 fn catalog() -> Arc<Catalog> {
-    let mut b = CatalogBuilder::new();
-    let province = b.add_province(1, "North", "شمال").unwrap();
-    let city = b.city(province, "A");
-    let mut caravans: Vec<(String, Route, &str, i32)> =
-        vec![("full".into(), Route::MedinaFirst, "B", 18_000)];
-    for i in 0..12 {
-        caravans.push((format!("same{i}"), Route::MedinaFirst, "B", 18_000));
-    }
-    caravans.extend([
-        ("later".into(), Route::MedinaFirst, "B", 18_009),
-        ("group_c".into(), Route::MedinaFirst, "C", 18_000),
-        ("group_d".into(), Route::MedinaFirst, "D", 18_000),
-        ("group_a".into(), Route::MedinaFirst, "A", 18_001),
-        ("second".into(), Route::MedinaSecond, "B", 18_000),
-    ]);
-    for (id, route, group, day) in caravans {
-        b.add_caravan(Caravan {
-            id,
-            province,
-            city,
-            manager: "M".into(),
-            phone: "0".into(),
-            price_group: group.into(),
-            route,
-            departure_day: day,
-            price_rial: 1,
-            capacity: 1,
-        })
-        .unwrap();
-    }
-    for n in 0..40u64 {
-        b.add_holder(
-            1000 + n,
-            &format!("t{n}"),
-            &format!("r{n}"),
-            100,
-            ReceiptStatus::Valid,
-            province,
-            city,
-        )
-        .unwrap();
-    }
-    Arc::new(b.build())
+    fixture::parse(FIXTURE).catalog
 }
 
 /// How far caravan `c` is from `asked`, as the engine orders them (without the spreading).
@@ -123,37 +92,41 @@ fn refused_holders_get_the_closest_caravans_spread_over_every_equally_close_one(
 
 #[test]
 fn with_few_free_caravans_the_order_is_route_then_price_group_then_departure() {
-    let engine = Engine::in_memory(
-        catalog(),
-        season(),
-        Arc::new(ManualClock::new(T0)),
-        EngineConfig::default(),
-    )
-    .unwrap();
-    let cat = Arc::clone(engine.catalog());
-    let full = cat.caravan_by_id("full").unwrap();
-    // Fill the asked-for caravan and the twelve closest ones.
-    let mut n = 0u64;
-    let mut take = |id: &str| {
-        let h = cat.holder_by_national_id(1000 + n).unwrap();
-        n += 1;
-        let _ = engine
-            .reserve(h, cat.caravan_by_id(id).unwrap(), None)
-            .unwrap();
-    };
-    take("full");
-    for i in 0..12 {
-        take(&format!("same{i}"));
-    }
-    let h = cat.holder_by_national_id(1039).unwrap();
-    let EngineError::CaravanFull { alternatives } = engine.reserve(h, full, None).unwrap_err()
-    else {
-        panic!("expected caravan_full")
-    };
-    let ids: Vec<&str> = alternatives
-        .iter()
-        .map(|&c| cat.caravans()[c.index()].id.as_str())
-        .collect();
-    // group_c and group_a are one price group away; group_a also leaves a day later.
-    assert_eq!(ids, ["later", "group_c", "group_a", "group_d", "second"]);
+    // Fill the asked-for caravan and the twelve closest ones; group_c and group_a are one
+    // price group away, group_a also leaves a day later.
+    check(
+        FIXTURE,
+        "
+        reserve 1000 full
+        reserve 1001 same0
+        reserve 1002 same1
+        reserve 1003 same2
+        reserve 1004 same3
+        reserve 1005 same4
+        reserve 1006 same5
+        reserve 1007 same6
+        reserve 1008 same7
+        reserve 1009 same8
+        reserve 1010 same9
+        reserve 1011 same10
+        reserve 1012 same11
+        reserve 1039 full
+        ",
+        "
+        reserve 1000 full -> full held documents until T0+10s
+        reserve 1001 same0 -> same0 held documents until T0+10s
+        reserve 1002 same1 -> same1 held documents until T0+10s
+        reserve 1003 same2 -> same2 held documents until T0+10s
+        reserve 1004 same3 -> same3 held documents until T0+10s
+        reserve 1005 same4 -> same4 held documents until T0+10s
+        reserve 1006 same5 -> same5 held documents until T0+10s
+        reserve 1007 same6 -> same6 held documents until T0+10s
+        reserve 1008 same7 -> same7 held documents until T0+10s
+        reserve 1009 same8 -> same8 held documents until T0+10s
+        reserve 1010 same9 -> same9 held documents until T0+10s
+        reserve 1011 same10 -> same10 held documents until T0+10s
+        reserve 1012 same11 -> same11 held documents until T0+10s
+        reserve 1039 full -> caravan_full [later, group_c, group_a, group_d, second]
+        ",
+    );
 }

@@ -6,10 +6,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{T0, catalog, season};
+use common::check::check;
+use common::{T0, catalog, opens_at, season, world_fixture};
 use miqat_engine::catalog::{CaravanIdx, HolderIdx};
 use miqat_engine::clock::ManualClock;
-use miqat_engine::model::{EndReason, OperatorEvent, ReservationId, Status};
+use miqat_engine::model::{OperatorEvent, ReservationId, Status};
 use miqat_engine::season::{Stage, Wave};
 use miqat_engine::{Engine, EngineConfig, EngineError};
 
@@ -58,19 +59,22 @@ impl World {
     }
 }
 
-/// Asserts that `result` failed with an error whose debug form starts with `expect`.
-fn check_err<T: std::fmt::Debug>(result: Result<T, EngineError>, expect: &str) {
-    let text = format!("{:?}", result.unwrap_err());
-    assert!(text.starts_with(expect), "got {text}, expected {expect}...");
+/// Asserts that `result` failed with the error whose `EngineError::code()` is `code`.
+#[track_caller]
+fn check_err<T: std::fmt::Debug>(result: Result<T, EngineError>, code: &str) {
+    match result {
+        Err(e) => assert_eq!(e.code(), code, "{e}"),
+        Ok(value) => panic!("expected {code}, got {value:?}"),
+    }
 }
 
 #[test]
 fn credentials_are_one_answer_for_unknown_id_and_wrong_code() {
     let w = world(2);
     assert_eq!(w.engine.authenticate(1000, "t0").unwrap(), w.holder(1000));
-    check_err(w.engine.authenticate(1000, "t1"), "InvalidCredentials");
-    check_err(w.engine.authenticate(424242, "t0"), "InvalidCredentials");
-    check_err(w.engine.authenticate(1000, ""), "InvalidCredentials");
+    check_err(w.engine.authenticate(1000, "t1"), "invalid_credentials");
+    check_err(w.engine.authenticate(424242, "t0"), "invalid_credentials");
+    check_err(w.engine.authenticate(1000, ""), "invalid_credentials");
     // People type Persian digits: the tracking code "t12" of holder 1012 as "t۱۲".
     let w = world(5);
     assert_eq!(w.engine.authenticate(1012, "t۱۲").unwrap(), w.holder(1012));
@@ -78,51 +82,60 @@ fn credentials_are_one_answer_for_unknown_id_and_wrong_code() {
 
 #[test]
 fn eligibility_refusals_name_the_precise_reason() {
-    let w = world(2);
-    check_err(w.reserve(999, "a1"), "ReceiptNeedsConversion");
-    check_err(w.reserve(998, "a1"), "NotCalled");
-    check_err(w.reserve(1000, "b1"), "ProvinceMismatch");
-    check_err(w.reserve(1000, "c1"), "ProvinceMismatch");
-    w.clock.set(T0 - 1);
+    check(
+        &world_fixture(2),
+        "
+        reserve 999 a1
+        reserve 998 a1
+        reserve 1000 b1
+        reserve 1000 c1
+        free a1   # refusals change nothing
+        ",
+        "
+        reserve 999 a1 -> receipt_needs_conversion
+        reserve 998 a1 -> not_called
+        reserve 1000 b1 -> province_mismatch
+        reserve 1000 c1 -> province_mismatch
+        free a1 -> 2
+        ",
+    );
     // The engine's time never goes back, so a fresh engine is needed to be before opening.
-    let early = ManualClock::new(T0 - 60_000);
-    let engine = Engine::in_memory(
-        catalog(2),
-        season(),
-        Arc::new(early),
-        EngineConfig::default(),
-    )
-    .unwrap();
-    let err = engine
-        .reserve(w.holder(1000), w.caravan("a1"), None)
-        .unwrap_err();
-    assert!(matches!(
-        err,
-        EngineError::RegistrationNotOpen {
-            opens_at_ms: Some(T0)
-        }
-    ));
-    assert_eq!(w.free("a1"), 2, "refusals change nothing");
+    check(
+        &world_fixture(2),
+        "
+        at T0-60s
+        reserve 1000 a1
+        free a1
+        ",
+        "
+        at T0-60s -> now T0-60s
+        reserve 1000 a1 -> registration_not_open opens T0
+        free a1 -> 2
+        ",
+    );
 }
 
 #[test]
 fn seats_go_first_come_first_served_and_never_beyond_capacity() {
-    let w = world(4);
-    let first = w.reserve(1000, "a1").unwrap();
-    w.reserve(1001, "a1").unwrap();
-    assert_eq!(w.free("a1"), 0);
-    match w.reserve(1002, "a1") {
-        Err(EngineError::CaravanFull { alternatives }) => {
-            assert_eq!(alternatives, vec![w.caravan("a2")]);
-        }
-        other => panic!("expected caravan_full, got {other:?}"),
-    }
-    match w.reserve(1000, "a2") {
-        Err(EngineError::AlreadyReserved { reservation }) => assert_eq!(reservation, first),
-        other => panic!("expected already_reserved, got {other:?}"),
-    }
-    assert_eq!(w.status(first), (Status::Held, Some(Stage::Documents)));
-    w.engine.check_invariants().unwrap();
+    check(
+        &world_fixture(4),
+        "
+        reserve 1000 a1
+        reserve 1001 a1
+        free a1
+        reserve 1002 a1
+        reserve 1000 a2
+        show 1000
+        ",
+        "
+        reserve 1000 a1 -> a1 held documents until T0+10s
+        reserve 1001 a1 -> a1 held documents until T0+10s
+        free a1 -> 0
+        reserve 1002 a1 -> caravan_full [a2]
+        reserve 1000 a2 -> already_reserved [1000 a1 held documents until T0+10s]
+        show 1000 -> a1 held documents until T0+10s
+        ",
+    );
 }
 
 #[test]
@@ -134,8 +147,11 @@ fn idempotency_key_replays_the_original_and_refuses_another_body() {
     let again = w.engine.reserve(h, a1, Some(b"k1")).unwrap().value;
     assert!(again.replayed);
     assert_eq!(again.reservation.id, first.reservation.id);
-    check_err(w.engine.reserve(h, a2, Some(b"k1")), "IdempotencyKeyReused");
-    check_err(w.engine.reserve(h, a1, Some(&[b'x'; 300])), "InvalidField");
+    check_err(
+        w.engine.reserve(h, a2, Some(b"k1")),
+        "idempotency_key_reused",
+    );
+    check_err(w.engine.reserve(h, a1, Some(&[b'x'; 300])), "invalid_field");
     assert_eq!(w.free("a1"), 1);
     // The original answer, whatever happened since: a cancelled reservation replays as held.
     let _ = w.engine.cancel(h, first.reservation.id).unwrap();
@@ -145,43 +161,49 @@ fn idempotency_key_replays_the_original_and_refuses_another_body() {
     let _ = w.engine.reserve(w.holder(1001), a1, None).unwrap();
     // Past the retention window the key is forgotten: the request is decided afresh.
     w.clock.advance(24 * 3_600_000 + 1);
-    check_err(w.engine.reserve(h, a1, Some(b"k1")), "RegistrationEnded");
+    check_err(w.engine.reserve(h, a1, Some(b"k1")), "registration_ended");
 }
 
 #[test]
 fn stages_complete_in_order_and_the_last_confirms() {
-    let w = world(2);
-    let id = w.reserve(1000, "a1").unwrap();
-    check_err(
-        w.engine.operator_event(id, OperatorEvent::MedicalApproved),
-        "InvalidTransition",
-    );
-    for (event, next) in [
-        (OperatorEvent::DocumentsReceived, Some(Stage::FirstPayment)),
-        (OperatorEvent::FirstPaymentReceived, Some(Stage::Medical)),
-        (OperatorEvent::MedicalApproved, Some(Stage::FinalPayment)),
-        (OperatorEvent::FinalPaymentReceived, None),
-    ] {
-        w.clock.advance(1_000);
-        let view = w.engine.operator_event(id, event).unwrap().value;
-        assert_eq!(view.stage, next);
-        assert_eq!(view.deadline_ms.is_some(), next.is_some());
-    }
-    assert_eq!(w.status(id).0, Status::Confirmed);
-    // Nothing is pending any more: a long wait expires nothing.
-    w.clock.advance(10 * 3_600_000);
-    assert_eq!(w.engine.expire_due().unwrap().0, 0);
-    let v = w
-        .engine
-        .operator_event(id, OperatorEvent::MedicalRejected)
-        .unwrap()
-        .value;
-    assert_eq!(v.status, Status::Rejected);
-    assert_eq!(v.end_reason, Some(EndReason::MedicalRejected));
-    assert_eq!(w.free("a1"), 2);
-    check_err(
-        w.engine.operator_event(id, OperatorEvent::Deceased),
-        "InvalidTransition",
+    // Each stage's deadline counts from its start; once confirmed nothing is pending, so a
+    // long wait expires nothing; a confirmed holder can still be rejected at the medical.
+    check(
+        &world_fixture(2),
+        "
+        reserve 1000 a1
+        event 1000 medical_approved
+        advance 1s
+        event 1000 documents_received
+        advance 1s
+        event 1000 first_payment_received
+        advance 1s
+        event 1000 medical_approved
+        advance 1s
+        event 1000 final_payment_received
+        advance 10h
+        expire
+        event 1000 medical_rejected
+        free a1
+        event 1000 deceased
+        ",
+        "
+        reserve 1000 a1 -> a1 held documents until T0+10s
+        event 1000 medical_approved -> invalid_transition
+        advance 1s -> now T0+1s
+        event 1000 documents_received -> a1 held first_payment until T0+21s
+        advance 1s -> now T0+2s
+        event 1000 first_payment_received -> a1 held medical until T0+32s
+        advance 1s -> now T0+3s
+        event 1000 medical_approved -> a1 held final_payment until T0+43s
+        advance 1s -> now T0+4s
+        event 1000 final_payment_received -> a1 confirmed
+        advance 10h -> now T0+36004s
+        expire -> expired 0
+        event 1000 medical_rejected -> a1 rejected because medical_rejected
+        free a1 -> 2
+        event 1000 deceased -> invalid_transition
+        ",
     );
 }
 
@@ -209,7 +231,7 @@ fn an_event_after_the_deadline_expires_instead_of_completing() {
     check_err(
         w.engine
             .operator_event(id, OperatorEvent::DocumentsReceived),
-        "InvalidTransition",
+        "invalid_transition",
     );
     assert_eq!(w.status(id).0, Status::Expired);
     assert_eq!(w.engine.expire_due().unwrap().0, 0, "already expired, once");
@@ -223,7 +245,7 @@ fn a_clock_stepping_back_neither_resurrects_nor_reorders() {
     w.engine.expire_due().unwrap();
     w.clock.set(T0);
     assert_eq!(w.status(id).0, Status::Expired);
-    check_err(w.reserve(1000, "a1"), "RegistrationEnded");
+    check_err(w.reserve(1000, "a1"), "registration_ended");
     let again = w.reserve(1001, "a1").unwrap();
     let view = w.engine.reservation(again).unwrap();
     assert_eq!(
@@ -238,7 +260,7 @@ fn cancel_frees_the_seat_and_only_the_owner_sees_the_reservation() {
     let w = world(2);
     let id = w.reserve(1000, "a2").unwrap();
     assert!(w.engine.reservation_of(w.holder(1001), id).is_none());
-    check_err(w.engine.cancel(w.holder(1001), id), "ReservationNotFound");
+    check_err(w.engine.cancel(w.holder(1001), id), "reservation_not_found");
     let v = w.engine.cancel(w.holder(1000), id).unwrap().value;
     assert_eq!(v.status, Status::Cancelled);
     assert_eq!(w.free("a2"), 1);
@@ -253,109 +275,109 @@ fn cancel_frees_the_seat_and_only_the_owner_sees_the_reservation() {
     assert_eq!(w.free("a2"), 1);
     w.reserve(1001, "a2").unwrap();
     // A choice is final: the holder who cancelled cannot take another seat or wait for one.
-    check_err(w.reserve(1000, "a1"), "RegistrationEnded");
-    check_err(w.engine.join_waitlist(w.holder(1000)), "RegistrationEnded");
+    check_err(w.reserve(1000, "a1"), "registration_ended");
+    check_err(w.engine.join_waitlist(w.holder(1000)), "registration_ended");
 }
 
 #[test]
 fn waiting_list_offers_freed_seats_in_order_and_passes_ignored_offers_on() {
-    let w = world(6);
-    // City A has 3 seats (a1: 2, a2: 1); holders 1000..1005 are its holders.
-    check_err(w.engine.join_waitlist(w.holder(1003)), "SeatsAvailable");
-    let r0 = w.reserve(1000, "a1").unwrap();
-    w.reserve(1001, "a1").unwrap();
-    w.reserve(1002, "a2").unwrap();
-    // Joined out of receipt order: 1005 first, then 1003; 1003's receipt is older.
-    let p5 = w.engine.join_waitlist(w.holder(1005)).unwrap().value;
-    assert_eq!(p5.position, 1);
-    let p3 = w.engine.join_waitlist(w.holder(1003)).unwrap().value;
-    assert_eq!(p3.position, 1);
-    assert_eq!(
-        w.engine.waitlist_status(w.holder(1005)).unwrap().position,
-        Some(2)
+    // City A has 3 seats (a1: 2, a2: 1); holders 1000..1005 are its holders. 1005 joins
+    // before 1003, but 1003's receipt is older. A cancellation offers the seat to the head
+    // (1003), not to the pool; accepting turns the offer into a hold at the first stage. The
+    // next freed seat goes to 1005, who ignores it: it expires and, nobody waiting, the seat
+    // returns to the pool.
+    check(
+        &world_fixture(6),
+        "
+        join 1003
+        reserve 1000 a1
+        reserve 1001 a1
+        reserve 1002 a2
+        join 1005
+        join 1003
+        position 1005
+        join 1000
+        cancel 1000
+        free a1
+        offer 1003
+        position 1005
+        accept 1003
+        cancel 1003
+        offer 1005
+        advance 4999ms
+        expire
+        advance 1ms
+        expire
+        show 1005
+        free a1
+        accept 1005
+        ",
+        "
+        join 1003 -> seats_available
+        reserve 1000 a1 -> a1 held documents until T0+10s
+        reserve 1001 a1 -> a1 held documents until T0+10s
+        reserve 1002 a2 -> a2 held documents until T0+10s
+        join 1005 -> position 1
+        join 1003 -> position 1
+        position 1005 -> 2
+        join 1000 -> already_reserved [1000 a1 held documents until T0+10s]
+        cancel 1000 -> a1 cancelled because holder_cancelled
+        free a1 -> 0
+        offer 1003 -> a1 offered until T0+5s
+        position 1005 -> 1
+        accept 1003 -> a1 held documents until T0+10s
+        cancel 1003 -> a1 cancelled because holder_cancelled
+        offer 1005 -> a1 offered until T0+5s
+        advance 4999ms -> now T0+4999ms
+        expire -> expired 0
+        advance 1ms -> now T0+5s
+        expire -> expired 1
+        show 1005 -> a1 expired because offer_expired
+        free a1 -> 1
+        accept 1005 -> invalid_transition
+        ",
     );
-    check_err(w.engine.join_waitlist(w.holder(1000)), "AlreadyReserved");
-
-    // A cancellation offers the seat to the head (1003), not to the pool.
-    let _ = w.engine.cancel(w.holder(1000), r0).unwrap();
-    assert_eq!(w.free("a1"), 0);
-    let offer = w
-        .engine
-        .waitlist_status(w.holder(1003))
-        .unwrap()
-        .offer
-        .unwrap();
-    assert_eq!(offer.status, Status::Offered);
-    assert_eq!(offer.deadline_ms, Some(T0 + 5_000));
-    assert_eq!(
-        w.engine.waitlist_status(w.holder(1005)).unwrap().position,
-        Some(1)
-    );
-
-    // Accept turns the offer into a hold at the first stage.
-    let held = w
-        .engine
-        .accept_offer(w.holder(1003), offer.id)
-        .unwrap()
-        .value;
-    assert_eq!(
-        (held.status, held.stage),
-        (Status::Held, Some(Stage::Documents))
-    );
-
-    // Next freed seat goes to 1005, who ignores it: it expires and, nobody waiting, the
-    // seat returns to the pool.
-    let r3 = held.id;
-    let _ = w.engine.cancel(w.holder(1003), r3).unwrap();
-    let offer5 = w
-        .engine
-        .waitlist_status(w.holder(1005))
-        .unwrap()
-        .offer
-        .unwrap();
-    w.clock.advance(4_999);
-    assert_eq!(w.engine.expire_due().unwrap().0, 0);
-    w.clock.advance(1);
-    assert_eq!(w.engine.expire_due().unwrap().0, 1);
-    assert_eq!(w.status(offer5.id).0, Status::Expired);
-    assert_eq!(w.free("a1"), 1);
-    check_err(
-        w.engine.accept_offer(w.holder(1005), offer5.id),
-        "InvalidTransition",
-    );
-    w.engine.check_invariants().unwrap();
 }
 
 #[test]
 fn an_ignored_offer_passes_to_the_next_waiting_holder() {
-    let w = world(6);
-    let r0 = w.reserve(1000, "a1").unwrap();
-    w.reserve(1001, "a1").unwrap();
-    w.reserve(1002, "a2").unwrap();
-    let _ = w.engine.join_waitlist(w.holder(1003)).unwrap();
-    let _ = w.engine.join_waitlist(w.holder(1004)).unwrap();
-    let _ = w.engine.cancel(w.holder(1000), r0).unwrap();
-    let first = w
-        .engine
-        .waitlist_status(w.holder(1003))
-        .unwrap()
-        .offer
-        .unwrap();
-    w.clock.advance(5_000);
-    assert_eq!(w.engine.expire_due().unwrap().0, 1);
-    assert_eq!(w.status(first.id).0, Status::Expired);
-    let second = w
-        .engine
-        .waitlist_status(w.holder(1004))
-        .unwrap()
-        .offer
-        .unwrap();
-    assert_eq!(second.deadline_ms, Some(T0 + 10_000));
-    assert_eq!(w.free("a1"), 0);
-    // Declining passes it on too; with nobody left, it returns to the pool.
-    let v = w.engine.cancel(w.holder(1004), second.id).unwrap().value;
-    assert_eq!(v.end_reason, Some(EndReason::OfferDeclined));
-    assert_eq!(w.free("a1"), 1);
+    // An offer nobody takes expires and passes to the next waiting holder; declining passes
+    // it on too, and with nobody left the seat returns to the pool.
+    check(
+        &world_fixture(6),
+        "
+        reserve 1000 a1
+        reserve 1001 a1
+        reserve 1002 a2
+        join 1003
+        join 1004
+        cancel 1000
+        offer 1003
+        advance 5s
+        expire
+        show 1003
+        offer 1004
+        free a1
+        cancel 1004
+        free a1
+        ",
+        "
+        reserve 1000 a1 -> a1 held documents until T0+10s
+        reserve 1001 a1 -> a1 held documents until T0+10s
+        reserve 1002 a2 -> a2 held documents until T0+10s
+        join 1003 -> position 1
+        join 1004 -> position 2
+        cancel 1000 -> a1 cancelled because holder_cancelled
+        offer 1003 -> a1 offered until T0+5s
+        advance 5s -> now T0+5s
+        expire -> expired 1
+        show 1003 -> a1 expired because offer_expired
+        offer 1004 -> a1 offered until T0+10s
+        free a1 -> 0
+        cancel 1004 -> a1 cancelled because offer_declined
+        free a1 -> 1
+        ",
+    );
 }
 
 #[test]
@@ -373,14 +395,11 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
         }])
         .unwrap();
     let err = w.reserve(1000, "a1").unwrap_err();
-    assert!(matches!(err, EngineError::RegistrationNotOpen { opens_at_ms: Some(t) } if t == later));
+    assert_eq!(opens_at(&err), Some(later), "{err}");
     // Province 2 is in no wave any more.
     let south = w.engine.catalog().holder_by_national_id(1004).unwrap();
     let err = w.engine.reserve(south, w.caravan("c1"), None).unwrap_err();
-    assert!(matches!(
-        err,
-        EngineError::RegistrationNotOpen { opens_at_ms: None }
-    ));
+    assert_eq!(opens_at(&err), None, "{err}");
     w.clock.set(later);
     w.reserve(1000, "a1").unwrap();
     check_err(
@@ -391,7 +410,7 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
             provinces: Some(vec![77]),
             admits_earlier_receipts: false,
         }]),
-        "InvalidField",
+        "invalid_field",
     );
     let wave = |name: &str, provinces: Option<Vec<u32>>| Wave {
         name: name.into(),
@@ -403,11 +422,11 @@ fn a_postponed_wave_closes_registration_until_its_new_time() {
     check_err(
         w.engine
             .replace_schedule(vec![wave("a", None), wave("a", None)]),
-        "InvalidField",
+        "invalid_field",
     );
     check_err(
         w.engine.replace_schedule(vec![wave("a", Some(vec![1, 1]))]),
-        "InvalidField",
+        "invalid_field",
     );
 }
 
@@ -424,7 +443,7 @@ fn a_receipt_no_wave_will_ever_reach_is_not_called_even_before_opening() {
     let late = engine.catalog().holder_by_national_id(998).unwrap();
     let a1 = engine.catalog().caravan_by_id("a1").unwrap();
     let err = engine.reserve(late, a1, None).unwrap_err();
-    assert!(matches!(err, EngineError::NotCalled), "{err:?}");
+    assert_eq!(err.code(), "not_called", "{err}");
 }
 
 #[test]
@@ -441,4 +460,46 @@ fn confirmed_at_once_when_the_season_has_no_stages() {
         (v.status, v.stage, v.deadline_ms),
         (Status::Confirmed, None, None)
     );
+}
+
+#[test]
+#[should_panic(expected = "transcript differs")]
+fn check_fails_when_the_transcript_differs() {
+    check(
+        &world_fixture(1),
+        "reserve 1000 a1",
+        "reserve 1000 a1 -> a1 confirmed",
+    );
+}
+
+#[test]
+#[should_panic(expected = "fixture line 2: unknown stage \"paperwork\"")]
+fn a_fixture_that_does_not_parse_names_its_line() {
+    let _ = common::fixture::parse(
+        "province 1 North: city A: a1 cap 1
+         stages: paperwork 10s; offers 5s",
+    );
+}
+
+#[test]
+fn the_fixture_numbers_holders_and_checks_national_ids_when_asked() {
+    let fx = common::fixture::parse(
+        "province 1 North: city A: a1 cap 1, x1..=x3 cap 2 medina_second group C
+         province 2 South: city C: c1 cap 1
+         holders: ids checked from 271828000; A 0..2; 7 needs_conversion day 10 in C
+         stages: none; offers 5s",
+    );
+    let cat = &fx.catalog;
+    let ids: Vec<&str> = cat.caravans().iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["a1", "x1", "x2", "x3", "c1"]);
+    assert_eq!(cat.caravans()[3].capacity, 2);
+    assert_eq!(cat.holder_count(), 3);
+    let seventh = cat.holder_by_national_id(fx.national_id(7)).unwrap();
+    let seventh = cat.holder(seventh).unwrap();
+    assert_eq!(
+        seventh.national_id, 2_718_280_077,
+        "271828007 and its check digit 7"
+    );
+    assert_eq!((seventh.tracking_code, seventh.receipt_day), ("t7", 10));
+    assert!(fx.season.stages.is_empty());
 }

@@ -82,9 +82,9 @@ fn outcome_of<T>(result: Result<T, EngineError>) -> Outcome {
     }
 }
 
+/// The error as clients tell errors apart: its `EngineError::code()`.
 fn error_name(e: &EngineError) -> String {
-    let text = format!("{e:?}");
-    text.split([' ', '{', '(']).next().unwrap_or("").to_owned()
+    e.code().to_owned()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -148,13 +148,13 @@ impl Model {
             .count() as u32
     }
 
-    /// One registration a season: a live one is `AlreadyReserved`, an ended one final.
+    /// One registration a season: a live one is `already_reserved`, an ended one final.
     fn registered(&self, holder: usize) -> Option<Outcome> {
         let &i = self.latest.get(&holder)?;
         Some(if self.res[i].status.is_live() {
-            Model::err("AlreadyReserved")
+            Model::err("already_reserved")
         } else {
-            Model::err("RegistrationEnded")
+            Model::err("registration_ended")
         })
     }
 
@@ -205,10 +205,10 @@ impl Model {
     fn eligible(&self, holder: usize) -> Result<(), Outcome> {
         let (_, _, day, valid) = self.holders[holder];
         if !valid {
-            return Err(Model::err("ReceiptNeedsConversion"));
+            return Err(Model::err("receipt_needs_conversion"));
         }
         if day > CUTOFF_DAY {
-            return Err(Model::err("NotCalled"));
+            return Err(Model::err("not_called"));
         }
         Ok(())
     }
@@ -228,11 +228,11 @@ impl Model {
                 }
                 // A repeated cancel answers the cancelled reservation again.
                 Status::Cancelled if m.res[i].cancelled_by_holder => Outcome::Ok,
-                _ => Model::err("InvalidTransition"),
+                _ => Model::err("invalid_transition"),
             }),
             Op::Accept { holder } => self.on_latest(holder, |m, i| {
                 if m.res[i].status != Status::Offered {
-                    return Model::err("InvalidTransition");
+                    return Model::err("invalid_transition");
                 }
                 let r = &mut m.res[i];
                 r.status = Status::Held;
@@ -273,7 +273,7 @@ impl Model {
             return Outcome::Skipped;
         };
         if self.expire_if_due(i) {
-            return Model::err("InvalidTransition");
+            return Model::err("invalid_transition");
         }
         f(self, i)
     }
@@ -283,7 +283,7 @@ impl Model {
         match event.completes() {
             Some(done) => {
                 if status != Status::Held || stage != Some(done) {
-                    return Model::err("InvalidTransition");
+                    return Model::err("invalid_transition");
                 }
                 let pos = Stage::ALL.iter().position(|s| *s == done).unwrap();
                 let r = &mut self.res[i];
@@ -302,14 +302,14 @@ impl Model {
             }
             None if event == OperatorEvent::MedicalRejected => {
                 if !matches!(status, Status::Held | Status::Confirmed) {
-                    return Model::err("InvalidTransition");
+                    return Model::err("invalid_transition");
                 }
                 self.end(i, Status::Rejected);
                 Outcome::Ok
             }
             None => {
                 if !status.is_live() {
-                    return Model::err("InvalidTransition");
+                    return Model::err("invalid_transition");
                 }
                 self.end(i, Status::Cancelled);
                 Outcome::Ok
@@ -325,16 +325,16 @@ impl Model {
             return if c == caravan {
                 Outcome::Replayed
             } else {
-                Model::err("IdempotencyKeyReused")
+                Model::err("idempotency_key_reused")
             };
         }
         let (province, city, _, valid) = self.holders[holder];
         if !valid {
-            return Model::err("ReceiptNeedsConversion");
+            return Model::err("receipt_needs_conversion");
         }
         let (c_province, c_city, capacity) = self.caravans[caravan];
         if c_province != province || c_city != city {
-            return Model::err("ProvinceMismatch");
+            return Model::err("province_mismatch");
         }
         if let Err(e) = self.eligible(holder) {
             return e;
@@ -343,7 +343,7 @@ impl Model {
             return e;
         }
         if self.occupied(caravan) >= capacity {
-            return Model::err("CaravanFull");
+            return Model::err("caravan_full");
         }
         self.res.push(MRes {
             holder,
@@ -366,7 +366,7 @@ impl Model {
     fn join(&mut self, holder: usize) -> Outcome {
         let (_, city, day, valid) = self.holders[holder];
         if !valid {
-            return Model::err("ReceiptNeedsConversion");
+            return Model::err("receipt_needs_conversion");
         }
         if self.waiting.iter().any(|w| w.0 == holder) {
             return Outcome::Ok;
@@ -380,7 +380,7 @@ impl Model {
         let free_in_city = (0..self.caravans.len())
             .any(|c| self.caravans[c].1 == city && self.occupied(c) < self.caravans[c].2);
         if free_in_city {
-            return Model::err("SeatsAvailable");
+            return Model::err("seats_available");
         }
         self.waiting.push((holder, day, self.next_join));
         self.next_join += 1;

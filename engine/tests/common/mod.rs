@@ -1,98 +1,64 @@
-//! Small hand-made catalogs and seasons shared by the engine's tests.
+//! What the engine's tests share: the fixture language, `check(fixture, script, expect)`, and
+//! the small catalog and season most tests run on.
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod check;
+pub mod fixture;
 
 use std::sync::Arc;
 
-use miqat_engine::catalog::{Caravan, Catalog, CatalogBuilder, ReceiptStatus, Route};
-use miqat_engine::season::{Schedule, Season, Stage, Wave};
+use miqat_engine::EngineError;
+use miqat_engine::catalog::Catalog;
+use miqat_engine::season::Season;
 
 /// The instant every test starts at.
-pub const T0: i64 = 1_600_000_000_000;
+pub const T0: i64 = fixture::T0;
+
 /// Receipt day cutoff of the test wave.
 pub const CUTOFF_DAY: i32 = 150;
 
-/// A catalog: province 1 ("North") with cities A (caravans a1 cap 2, a2 cap 1) and B (b1 cap
-/// 1); province 2 ("South") with city C (c1 cap 2). Holders: `holders_per_city` per city,
-/// national IDs 1000 + n, tracking code "t{n}", receipt day 100 + n (all called by the
-/// wave), and one extra holder in city A with a receipt needing conversion (id 999) and one
-/// called too late (id 998, day 200).
-pub fn catalog(holders_per_city: u32) -> Arc<Catalog> {
-    let mut b = CatalogBuilder::new();
-    let north = b.add_province(1, "North", "شمال").unwrap();
-    let south = b.add_province(2, "South", "جنوب").unwrap();
-    let a = b.city(north, "A");
-    let bb = b.city(north, "B");
-    let c = b.city(south, "C");
-    for (id, province, city, capacity) in [
-        ("a1", north, a, 2),
-        ("a2", north, a, 1),
-        ("b1", north, bb, 1),
-        ("c1", south, c, 2),
-    ] {
-        b.add_caravan(Caravan {
-            id: id.into(),
-            province,
-            city,
-            manager: "M".into(),
-            phone: "0".into(),
-            price_group: "A".into(),
-            route: Route::MedinaFirst,
-            departure_day: 18_000,
-            price_rial: 1,
-            capacity,
-        })
-        .unwrap();
-    }
-    let mut n = 0u64;
-    for (province, city) in [(north, a), (north, bb), (south, c)] {
-        for _ in 0..holders_per_city {
-            b.add_holder(
-                1000 + n,
-                &format!("t{n}"),
-                &format!("r{n}"),
-                100 + n as i32,
-                ReceiptStatus::Valid,
-                province,
-                city,
-            )
-            .unwrap();
-            n += 1;
-        }
-    }
-    b.add_holder(
-        999,
-        "old",
-        "r-old",
-        10,
-        ReceiptStatus::NeedsConversion,
-        north,
-        a,
-    )
-    .unwrap();
-    b.add_holder(998, "late", "r-late", 200, ReceiptStatus::Valid, north, a)
-        .unwrap();
-    Arc::new(b.build())
+/// The small world most tests run on, with `{per_city}` holders in every city: national IDs
+/// 1000 + n, tracking codes "t{n}", receipt days 100 + n (all called by the wave); in city A
+/// one more holder whose receipt needs conversion (999) and one called too late (998, day 200).
+pub const WORLD: &str = "
+    province 1 North شمال: city A: a1 cap 2, a2 cap 1; city B: b1 cap 1
+    province 2 South جنوب: city C: c1 cap 2
+    holders: ids from 1000; receipts from day 100; {per_city} per city
+    holders: id 999 needs_conversion day 10 in A; id 998 day 200 in A
+    wave main until day 150 opens T0
+    stages: documents 10s, first_payment 20s, medical 30s, final_payment 40s; offers 5s
+";
+
+/// [`WORLD`] with `holders_per_city` holders in every city.
+pub fn world_fixture(holders_per_city: u32) -> String {
+    WORLD.replace("{per_city}", &holders_per_city.to_string())
 }
 
-/// A season with one wave open since `T0` for receipts up to [`CUTOFF_DAY`], stages of 10,
-/// 20, 30 and 40 seconds, and offers open 5 seconds.
+/// The catalog of [`world_fixture`]`(holders_per_city)`.
+pub fn catalog(holders_per_city: u32) -> Arc<Catalog> {
+    fixture::parse(&world_fixture(holders_per_city)).catalog
+}
+
+/// The season of [`WORLD`]: one wave open since `T0` for receipts up to [`CUTOFF_DAY`], stages
+/// of 10, 20, 30 and 40 seconds, and offers open 5 seconds.
 pub fn season() -> Season {
-    Season {
-        schedule: Schedule {
-            waves: vec![Wave {
-                name: "main".into(),
-                receipts_until_day: CUTOFF_DAY,
-                opens_at_ms: T0,
-                provinces: None,
-                admits_earlier_receipts: false,
-            }],
-        },
-        stages: vec![
-            (Stage::Documents, 10_000),
-            (Stage::FirstPayment, 20_000),
-            (Stage::Medical, 30_000),
-            (Stage::FinalPayment, 40_000),
-        ],
-        offer_deadline_ms: 5_000,
-    }
+    let season = fixture::parse(&world_fixture(0)).season;
+    assert_eq!(season.schedule.waves[0].receipts_until_day, CUTOFF_DAY);
+    season
+}
+
+/// The opening a refusal names, after checking by its `EngineError::code()` that it is
+/// `registration_not_open` (`None`: no wave will ever open for the holder).
+#[track_caller]
+pub fn opens_at(err: &EngineError) -> Option<i64> {
+    assert_eq!(err.code(), "registration_not_open", "{err}");
+    let EngineError::RegistrationNotOpen { opens_at_ms } = err else {
+        unreachable!("the code says registration_not_open")
+    };
+    *opens_at_ms
+}
+
+/// The `EngineError::code()` of a failed result, or `"ok"`.
+pub fn code<T>(result: Result<T, EngineError>) -> &'static str {
+    result.err().map_or("ok", |e| e.code())
 }

@@ -70,6 +70,10 @@ index_type!(
     HolderIdx(u32)
 );
 index_type!(
+    /// A reservation's position among its province's reservations (the slot its id names).
+    SlotIdx(u32)
+);
+index_type!(
     /// Dense index of a (province, city name) pair; equal indices mean the same city of the
     /// same province.
     CityIdx(u32)

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::catalog::{CaravanIdx, HolderIdx, ProvinceIdx};
+use crate::catalog::{CaravanIdx, HolderIdx, ProvinceIdx, SlotIdx};
 use crate::season::Stage;
 
 /// A reservation's public id: where it lives (its province's shard and its slot there) and
@@ -15,7 +15,7 @@ pub struct ReservationId {
     /// The province shard that holds it.
     pub shard: ProvinceIdx,
     /// Its position among the shard's reservations.
-    pub slot: u32,
+    pub slot: SlotIdx,
     /// 128 random bits.
     pub secret: u128,
 }
@@ -25,7 +25,7 @@ impl fmt::Display for ReservationId {
         write!(
             f,
             "{:04x}{:08x}{:032x}",
-            self.shard.0, self.slot, self.secret
+            self.shard.0, self.slot.0, self.secret
         )
     }
 }
@@ -41,7 +41,7 @@ impl ReservationId {
         }
         Some(ReservationId {
             shard: ProvinceIdx(u16::from_str_radix(text.get(0..4)?, 16).ok()?),
-            slot: u32::from_str_radix(text.get(4..12)?, 16).ok()?,
+            slot: SlotIdx(u32::from_str_radix(text.get(4..12)?, 16).ok()?),
             secret: u128::from_str_radix(text.get(12..)?, 16).ok()?,
         })
     }

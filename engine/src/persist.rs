@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::catalog::{CaravanIdx, Catalog, CityIdx, HolderIdx, ProvinceIdx};
+use crate::catalog::{CaravanIdx, Catalog, CityIdx, HolderIdx, ProvinceIdx, SlotIdx};
 use crate::clock::Clock;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::EngineError;
@@ -466,7 +466,7 @@ fn decode_shard(
         let secret = r.u128()?;
         let id = ReservationId {
             shard: province,
-            slot: slot as u32,
+            slot: SlotIdx(slot as u32),
             secret,
         };
         let holder = HolderIdx(r.u32()?);

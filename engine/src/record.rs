@@ -4,7 +4,7 @@
 //! no eligibility check, so replay gives exactly the state the live engine had. The byte
 //! layout of each kind is in `docs/wal-format.md`; all integers are little-endian.
 
-use crate::catalog::{CaravanIdx, HolderIdx, ProvinceIdx};
+use crate::catalog::{CaravanIdx, HolderIdx, ProvinceIdx, SlotIdx};
 use crate::model::{EndReason, OperatorEvent, ReservationId};
 use crate::season::{Stage, Wave};
 
@@ -402,7 +402,7 @@ pub(crate) fn put_u128(out: &mut Vec<u8>, v: u128) {
 }
 /// A reservation id within its shard: slot then secret (the shard is the record's).
 pub(crate) fn put_id(out: &mut Vec<u8>, id: ReservationId) {
-    put_u32(out, id.slot);
+    put_u32(out, id.slot.0);
     put_u128(out, id.secret);
 }
 /// `None` is written as `i64::MIN`, which no real instant uses.
@@ -486,7 +486,7 @@ impl<'a> Reader<'a> {
     pub fn id(&mut self, shard: ProvinceIdx) -> Result<ReservationId, String> {
         Ok(ReservationId {
             shard,
-            slot: self.u32()?,
+            slot: SlotIdx(self.u32()?),
             secret: self.u128()?,
         })
     }

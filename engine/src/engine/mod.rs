@@ -321,7 +321,7 @@ impl Engine {
                 ..
             } => st
                 .reservations
-                .get(id.slot as usize)
+                .get(id.slot.index())
                 .and_then(|r| r.deadline_ms),
             _ => None,
         };

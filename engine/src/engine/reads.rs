@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::catalog::{CaravanIdx, HolderIdx, ProvinceIdx};
+use crate::catalog::{CaravanIdx, HolderIdx, ProvinceIdx, SlotIdx};
 use crate::model::{ReservationId, ReservationView, Status, WaitlistStatus};
 use crate::season::Schedule;
 
@@ -160,7 +160,7 @@ impl Engine {
                 if out.len() >= limit {
                     return out;
                 }
-                if let Some(view) = st.view(&self.catalog, idx as u32) {
+                if let Some(view) = st.view(&self.catalog, SlotIdx(idx as u32)) {
                     out.push(view);
                 }
             }

@@ -2,7 +2,7 @@
 //! no IO, no clock, no randomness but the secret the caller drew and passed in, so the same
 //! state and command always decide the same way (the simulator relies on it).
 
-use crate::catalog::{CaravanIdx, HolderFacts, HolderIdx, ReceiptStatus};
+use crate::catalog::{CaravanIdx, HolderFacts, HolderIdx, ReceiptStatus, SlotIdx};
 use crate::error::EngineError;
 use crate::model::{EndReason, OperatorEvent, ReservationId, ReservationView, Status};
 use crate::record::{KeyOp, KeyUse, Offer, Record};
@@ -69,7 +69,7 @@ pub(crate) enum Decision {
 pub(crate) enum Reply {
     /// The reservation at `slot`; `again` when nothing new was decided (an already-done
     /// request).
-    Reservation { slot: u32, again: bool },
+    Reservation { slot: SlotIdx, again: bool },
     /// The original answer to a retried keyed request.
     Replayed(ReservationView),
     /// The holder's place on the waiting list as it stands.
@@ -182,9 +182,9 @@ fn holder_reservation(
     st: &ShardState,
     holder: HolderIdx,
     id: ReservationId,
-) -> Result<u32, EngineError> {
+) -> Result<SlotIdx, EngineError> {
     let idx = st.find(id).ok_or(EngineError::ReservationNotFound)?;
-    if st.reservations[idx as usize].holder != holder {
+    if st.reservations[idx.index()].holder != holder {
         return Err(EngineError::ReservationNotFound);
     }
     Ok(idx)
@@ -194,13 +194,13 @@ fn holder_reservation(
 fn on_reservation(
     st: &ShardState,
     ctx: &Ctx<'_>,
-    idx: u32,
+    idx: SlotIdx,
     op: KeyOp,
     key: &[u8],
     now_ms: i64,
     secret: u128,
 ) -> Result<Decision, EngineError> {
-    let r = &st.reservations[idx as usize];
+    let r = &st.reservations[idx.index()];
     let keyed_op = KeyedOp::On {
         op,
         reservation: r.id,
@@ -349,7 +349,7 @@ fn expire_due(st: &ShardState, ctx: &Ctx<'_>, now_ms: i64, secret: u128) -> Deci
     if deadline_ms > now_ms || !st.timer_is_current(deadline_ms, idx) {
         return Decision::Answer(Reply::Nothing);
     }
-    let reason = expiry_reason(st.reservations[idx as usize].status);
+    let reason = expiry_reason(st.reservations[idx.index()].status);
     Decision::Commit {
         record: end_record(st, ctx, idx, reason, now_ms, None, secret),
         reply: Reply::Expired,
@@ -368,11 +368,11 @@ fn expiry_reason(status: Status) -> EndReason {
 fn expire_if_due(
     st: &ShardState,
     ctx: &Ctx<'_>,
-    idx: u32,
+    idx: SlotIdx,
     now_ms: i64,
     secret: u128,
 ) -> Option<Decision> {
-    let r = &st.reservations[idx as usize];
+    let r = &st.reservations[idx.index()];
     let due = matches!(r.status, Status::Held | Status::Offered)
         && r.deadline_ms.is_some_and(|d| d <= now_ms);
     if !due {
@@ -393,13 +393,13 @@ fn expire_if_due(
 fn end_record(
     st: &ShardState,
     ctx: &Ctx<'_>,
-    idx: u32,
+    idx: SlotIdx,
     reason: EndReason,
     now_ms: i64,
     keyed: Option<KeyUse>,
     secret: u128,
 ) -> Record {
-    let r = &st.reservations[idx as usize];
+    let r = &st.reservations[idx.index()];
     let city = ctx.catalog.caravans()[r.caravan.index()].city;
     let offer = st.waitlist.head_of_city(city).map(|holder| Offer {
         id: st.next_id(secret),
@@ -483,7 +483,7 @@ fn check_first_registration(st: &ShardState, local: u32) -> Result<(), EngineErr
     let Some(&latest) = st.latest.get(local as usize) else {
         return Ok(());
     };
-    let Some(r) = st.reservations.get(latest as usize) else {
+    let Some(r) = st.reservations.get(latest.index()) else {
         return Ok(());
     };
     if r.status.is_live() {

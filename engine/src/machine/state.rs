@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use rustc_hash::FxHashMap;
 
-use crate::catalog::{CaravanIdx, Catalog, HolderIdx, ProvinceIdx};
+use crate::catalog::{CaravanIdx, Catalog, HolderIdx, ProvinceIdx, SlotIdx};
 use crate::model::{Reservation, ReservationId, ReservationView, Status};
 use crate::record::{KeyOp, KeyUse, Offer, Record};
 use crate::season::Schedule;
@@ -22,7 +22,7 @@ use crate::waitlist::{WaitKey, Waitlist};
 use super::Ctx;
 
 /// Marker for "no reservation" in the per-holder table.
-pub(crate) const NO_RESERVATION: u32 = u32::MAX;
+pub(crate) const NO_RESERVATION: SlotIdx = SlotIdx::MAX;
 /// How many idempotency keys one holder keeps; older ones are forgotten first.
 pub(crate) const IDEMPOTENCY_KEYS_PER_HOLDER_MAX: usize = 4;
 
@@ -114,11 +114,11 @@ pub(crate) struct ShardState {
     /// Every reservation of the province, at the slot its id names.
     pub reservations: Vec<Reservation>,
     /// Per holder (local index): the index of their latest reservation.
-    pub latest: Vec<u32>,
+    pub latest: Vec<SlotIdx>,
 
     /// Pending deadlines: (deadline, reservation index). Entries go stale when a reservation
     /// moves on; a popped entry counts only if it still matches the reservation.
-    pub timers: BinaryHeap<Reverse<(i64, u32)>>,
+    pub timers: BinaryHeap<Reverse<(i64, SlotIdx)>>,
     pub waitlist: Waitlist,
     pub idempotency: FxHashMap<u32, Vec<IdempotencyEntry>>,
     /// Reused encoding buffer, so a decision does not allocate for its record.
@@ -173,16 +173,16 @@ impl Shard {
 
 impl ShardState {
     /// The holder's live reservation index, if any.
-    pub fn live_of(&self, local: u32) -> Option<u32> {
+    pub fn live_of(&self, local: u32) -> Option<SlotIdx> {
         let idx = *self.latest.get(local as usize)?;
-        let r = self.reservations.get(idx as usize)?;
+        let r = self.reservations.get(idx.index())?;
         r.status.is_live().then_some(idx)
     }
 
     /// The reservation with this id, if it is in this shard: its slot must exist and hold
     /// the same secret.
-    pub fn find(&self, id: ReservationId) -> Option<u32> {
-        let r = self.reservations.get(id.slot as usize)?;
+    pub fn find(&self, id: ReservationId) -> Option<SlotIdx> {
+        let r = self.reservations.get(id.slot.index())?;
         (r.id == id).then_some(id.slot)
     }
 
@@ -190,14 +190,14 @@ impl ShardState {
     pub fn next_id(&self, secret: u128) -> ReservationId {
         ReservationId {
             shard: self.province,
-            slot: self.reservations.len() as u32,
+            slot: SlotIdx(self.reservations.len() as u32),
             secret,
         }
     }
 
     /// A caller's copy of the reservation at `idx`.
-    pub fn view(&self, catalog: &Catalog, idx: u32) -> Option<ReservationView> {
-        let r = self.reservations.get(idx as usize)?;
+    pub fn view(&self, catalog: &Catalog, idx: SlotIdx) -> Option<ReservationView> {
+        let r = self.reservations.get(idx.index())?;
         Some(ReservationView {
             id: r.id,
             national_id: catalog.holder_facts(r.holder).map_or(0, |h| h.national_id),
@@ -242,10 +242,10 @@ impl ShardState {
         &mut self,
         ctx: &Ctx<'_>,
         keyed: &KeyUse,
-        idx: u32,
+        idx: SlotIdx,
         at_ms: i64,
     ) -> Result<(), String> {
-        let r = &self.reservations[idx as usize];
+        let r = &self.reservations[idx.index()];
         let local = self.local_holder(ctx, r.holder)?;
         let entry = IdempotencyEntry {
             key: keyed.key.clone().into_boxed_slice(),
@@ -294,7 +294,7 @@ impl ShardState {
         Ok(ctx.caravan_local[caravan.index()] as usize)
     }
 
-    fn push_timer(&mut self, counters: &ShardCounters, deadline_ms: Option<i64>, idx: u32) {
+    fn push_timer(&mut self, counters: &ShardCounters, deadline_ms: Option<i64>, idx: SlotIdx) {
         if let Some(deadline_ms) = deadline_ms {
             // Stale entries accumulate as reservations move on; keep the heap bounded by the
             // live deadlines even when nothing falls due for days.
@@ -307,7 +307,7 @@ impl ShardState {
     }
 
     /// The earliest timer entry, current or stale: (deadline, reservation slot).
-    pub fn earliest_timer(&self) -> Option<(i64, u32)> {
+    pub fn earliest_timer(&self) -> Option<(i64, SlotIdx)> {
         self.timers.peek().map(|Reverse(entry)| *entry)
     }
 
@@ -332,8 +332,8 @@ impl ShardState {
     }
 
     /// Whether the timer entry (`deadline_ms`, `idx`) still stands for a pending deadline.
-    pub fn timer_is_current(&self, deadline_ms: i64, idx: u32) -> bool {
-        self.reservations.get(idx as usize).is_some_and(|r| {
+    pub fn timer_is_current(&self, deadline_ms: i64, idx: SlotIdx) -> bool {
+        self.reservations.get(idx.index()).is_some_and(|r| {
             matches!(r.status, Status::Held | Status::Offered) && r.deadline_ms == Some(deadline_ms)
         })
     }
@@ -428,7 +428,7 @@ impl ShardState {
                 let idx = self
                     .find(*id)
                     .ok_or_else(|| format!("unknown reservation {id}"))?;
-                let r = &mut self.reservations[idx as usize];
+                let r = &mut self.reservations[idx.index()];
                 let was = r.status;
                 if !matches!(was, Status::Held | Status::Offered) {
                     return Err(format!("reservation {id} cannot advance from {was:?}"));
@@ -515,7 +515,7 @@ impl ShardState {
         for mut r in image.reservations {
             r.id = ReservationId {
                 shard: self.province,
-                slot: self.reservations.len() as u32,
+                slot: SlotIdx(self.reservations.len() as u32),
                 secret: r.id.secret,
             };
             let local = self.local_holder(ctx, r.holder)?;
@@ -559,7 +559,7 @@ impl ShardState {
 
     /// Returns an error unless `id` names the next free slot of this shard.
     fn check_next_id(&self, id: ReservationId) -> Result<(), String> {
-        if id.shard != self.province || id.slot as usize != self.reservations.len() {
+        if id.shard != self.province || id.slot.index() != self.reservations.len() {
             return Err(format!(
                 "reservation {id} does not name the next slot ({}) of shard {}",
                 self.reservations.len(),
@@ -569,8 +569,8 @@ impl ShardState {
         Ok(())
     }
 
-    fn push_reservation(&mut self, reservation: Reservation) -> u32 {
-        let idx = self.reservations.len() as u32;
+    fn push_reservation(&mut self, reservation: Reservation) -> SlotIdx {
+        let idx = SlotIdx(self.reservations.len() as u32);
         self.reservations.push(reservation);
         idx
     }
@@ -632,7 +632,7 @@ impl ShardState {
             .find(id)
             .ok_or_else(|| format!("unknown reservation {id}"))?;
         let (caravan, was) = {
-            let r = &self.reservations[idx as usize];
+            let r = &self.reservations[idx.index()];
             (r.caravan, r.status)
         };
         if !was.is_live() {
@@ -649,7 +649,7 @@ impl ShardState {
             }
             self.check_next_id(offer.id)?;
         }
-        let r = &mut self.reservations[idx as usize];
+        let r = &mut self.reservations[idx.index()];
         r.status = reason.status();
         r.end_reason = Some(reason);
         r.stage = None;

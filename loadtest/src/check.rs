@@ -69,6 +69,7 @@ pub async fn check(
         label: label.to_string(),
         passed: total == 0,
         violations,
+        violation_count: total as u64,
         reservations: export.len() as u64,
         live,
         acknowledged: acknowledged.len() as u64,

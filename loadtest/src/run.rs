@@ -425,6 +425,7 @@ fn summarize(
             planned_requests: planned_requests(plan),
         },
         duration_s,
+        timeout_s: options.timeout.as_secs_f64(),
         requests,
         throughput_rps: requests as f64 / duration_s,
         peak_rps,
@@ -455,9 +456,7 @@ fn summarize(
         sell_out,
         ..Summary::default()
     };
-    for v in &recorded.violations {
-        summary.failures.push(v.clone());
-    }
+    summary.client_violations = recorded.violations.clone();
     summary
 }
 

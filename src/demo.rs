@@ -157,6 +157,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         check: true,
         capacities: Some(data.capacities()),
         limits: args.limits,
+        holders: Some(Arc::new(data.holder_receipts())),
         ..Extras::default()
     };
     let client = miqat_loadtest::client_runtime(None)?;
@@ -182,6 +183,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             recorded: &recorded,
             capacities: extras.capacities.clone(),
             fcfs_min: extras.fcfs_min,
+            holders: extras.holders.as_deref(),
+            since_ms: miqat_loadtest::run_started_ms(&summary),
         },
     ))?;
     add_check(&mut summary, report);

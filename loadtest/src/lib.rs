@@ -25,7 +25,9 @@ pub mod slo;
 pub mod summary;
 pub mod verdict;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -187,6 +189,7 @@ pub fn run_cli(args: &LoadtestArgs) -> anyhow::Result<Option<Summary>> {
         baseline: args.baseline,
         capacities: data.as_ref().map(|d| d.capacities()),
         limits: args.limits,
+        holders: data.as_ref().map(|d| Arc::new(d.holder_receipts())),
     };
     let summary = runtime.block_on(execute(&plan, &options, &extras))?;
     write_reports(&summary, &args.out)?;
@@ -250,9 +253,20 @@ pub struct Extras {
     /// Measure the trivial baseline too.
     pub baseline: bool,
     /// Capacities from the data set, if known.
-    pub capacities: Option<std::collections::HashMap<String, u32>>,
+    pub capacities: Option<HashMap<String, u32>>,
     /// Thresholds of the service verdict.
     pub limits: ServiceLimits,
+    /// Province and receipt of each holder from the data set, if known (the schedule check).
+    pub holders: Option<Arc<HashMap<String, (u32, dataset::JalaliDay)>>>,
+}
+
+/// When the run started, after it set the schedule: the schedule check starts there.
+pub fn run_started_ms(summary: &Summary) -> Option<i64> {
+    summary
+        .started_at
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }
 
 /// Plays `plan`, checks, gates and (if asked) measures the baseline; returns the summary and
@@ -278,6 +292,8 @@ pub async fn execute_with_records(
                 recorded: &recorded,
                 capacities: extras.capacities.clone(),
                 fcfs_min: extras.fcfs_min,
+                holders: extras.holders.as_deref(),
+                since_ms: run_started_ms(&summary),
             },
         )
         .await?;

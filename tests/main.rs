@@ -213,5 +213,14 @@ fn loadtest_records_a_plan_deterministically_and_refuses_bad_input_clearly() {
     }
 }
 
+#[test]
+fn loadtest_lists_its_parameters_without_a_catalog() {
+    let out = miqat(&["loadtest", "--list-params"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(listed.contains("refresh_s = "), "{listed}");
+    assert!(listed.contains("seed = "), "{listed}");
+}
+
 mod server;
 mod support;

@@ -372,7 +372,7 @@ fn service(summary: &Summary) -> Verdict {
     } else {
         (
             Status::Failed,
-            "users were failed more often than the thresholds allow".to_string(),
+            "a figure is past its threshold (MISSED above)".to_string(),
         )
     };
     Verdict {

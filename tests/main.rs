@@ -103,8 +103,23 @@ fn demo_replays_an_opening_day_over_http_crashes_recovers_and_checks() {
         "--quiet",
     ]);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    // A debug build on a shared machine cannot promise to keep to the plan or to answer
+    // everyone in time, so this test asks for the story and the invariants; whatever the
+    // service and measurement verdicts are, the exit status must be the overall verdict.
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let verdict = &summary["verdict"];
+    assert_eq!(verdict["correctness"]["status"], "passed", "{stdout}");
+    assert_eq!(
+        out.status.success(),
+        verdict["overall"] == "passed",
+        "exit status against the verdict:\n{stdout}\n{}",
+        text(&out.stderr)
+    );
     for expected in [
+        "correctness  PASSED",
         "check      after the run: PASSED",
         "check      after the crash and restart: PASSED",
         "caravan_full",
@@ -117,10 +132,6 @@ fn demo_replays_an_opening_day_over_http_crashes_recovers_and_checks() {
             "missing {expected:?} in:\n{stdout}"
         );
     }
-    let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("report/summary.json")).unwrap(),
-    )
-    .unwrap();
     let checks = summary["checks"].as_array().unwrap();
     assert_eq!(checks.len(), 2);
     for check in checks {
@@ -200,6 +211,15 @@ fn loadtest_records_a_plan_deterministically_and_refuses_bad_input_clearly() {
         let stderr = text(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn loadtest_lists_its_parameters_without_a_catalog() {
+    let out = miqat(&["loadtest", "--list-params"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(listed.contains("refresh_s = "), "{listed}");
+    assert!(listed.contains("seed = "), "{listed}");
 }
 
 mod hardening;

@@ -24,6 +24,51 @@ pub struct Wave {
     /// Provinces, or all.
     #[serde(default)]
     pub provinces: Option<Vec<u32>>,
+    /// Whether this wave also admits receipts earlier than the waves that call them (missing:
+    /// false). Left out of a PUT when false, so servers that predate it accept the body.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admits_earlier_receipts: bool,
+}
+
+impl Wave {
+    /// Whether the wave includes `province_id`.
+    pub fn includes(&self, province_id: u32) -> bool {
+        self.provinces
+            .as_ref()
+            .is_none_or(|ids| ids.contains(&province_id))
+    }
+
+    /// The opening as an instant.
+    pub fn opens(&self) -> anyhow::Result<jiff::Timestamp> {
+        self.opens_at.parse().with_context(|| {
+            format!(
+                "wave {:?}: opens_at {:?} is not RFC 3339",
+                self.name, self.opens_at
+            )
+        })
+    }
+}
+
+/// Moves every wave by the same amount so that `waves[anchor]` opens at `opens`: the
+/// schedule's spacing is kept, so a later wave (a reserve wave whose cutoff covers the main
+/// wave's receipts) cannot be left open in the past while the main one waits.
+pub fn shift_schedule(
+    waves: &mut [Wave],
+    anchor: usize,
+    opens: jiff::Timestamp,
+) -> anyhow::Result<()> {
+    let Some(anchor_wave) = waves.get(anchor) else {
+        bail!("no wave {anchor} to move");
+    };
+    let delta = opens.duration_since(anchor_wave.opens()?);
+    for wave in waves.iter_mut() {
+        let moved = wave
+            .opens()?
+            .checked_add(delta)
+            .with_context(|| format!("wave {:?} cannot move that far", wave.name))?;
+        wave.opens_at = moved.to_string();
+    }
+    Ok(())
 }
 
 /// A province as `GET /v1/provinces` shows it.

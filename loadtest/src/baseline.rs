@@ -113,6 +113,62 @@ pub async fn closed_loop(
     length: Duration,
     reserve_share: f64,
 ) -> anyhow::Result<Ceiling> {
+    let body = Bytes::from_static(
+        br#"{"national_id":"0000000000","tracking_code":"00000000","caravan_id":"T001"}"#,
+    );
+    let calls: Vec<LoopCall> = (0..100u32)
+        .map(|n| {
+            if f64::from(n) / 100.0 < reserve_share {
+                LoopCall::reserve(body.clone())
+            } else {
+                LoopCall::list("/v1/provinces/1/caravans?city=Tehran".to_string())
+            }
+        })
+        .collect();
+    closed_loop_calls(base, connections, length, Arc::new(calls)).await
+}
+
+/// One request of a closed loop.
+#[derive(Debug, Clone)]
+pub struct LoopCall {
+    endpoint: Endpoint,
+    method: Method,
+    path: String,
+    body: Option<Bytes>,
+}
+
+impl LoopCall {
+    /// `GET path` (a caravan list).
+    pub fn list(path: String) -> LoopCall {
+        LoopCall {
+            endpoint: Endpoint::List,
+            method: Method::GET,
+            path,
+            body: None,
+        }
+    }
+
+    /// `POST /v1/reservations` with `body`.
+    pub fn reserve(body: Bytes) -> LoopCall {
+        LoopCall {
+            endpoint: Endpoint::Reserve,
+            method: Method::POST,
+            path: "/v1/reservations".to_string(),
+            body: Some(body),
+        }
+    }
+}
+
+/// Drives `base` as fast as it answers for `length`: `connections` loops, each sending the
+/// next of `calls` (round robin, every loop from its own offset) as soon as the previous one
+/// is answered.
+pub async fn closed_loop_calls(
+    base: &str,
+    connections: usize,
+    length: Duration,
+    calls: Arc<Vec<LoopCall>>,
+) -> anyhow::Result<Ceiling> {
+    anyhow::ensure!(!calls.is_empty(), "a closed loop needs requests to send");
     let recorder = Arc::new(Recorder::new(Instant::now()));
     let http = Arc::new(Http::new(
         base,
@@ -121,41 +177,28 @@ pub async fn closed_loop(
         Arc::clone(&recorder),
     )?);
     let answered = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
     let cpu_before = client_cpu_seconds();
     let started = Instant::now();
     let until = started + length;
     let mut tasks = Vec::with_capacity(connections);
-    for worker in 0..connections {
-        let (http, answered) = (Arc::clone(&http), Arc::clone(&answered));
+    for _ in 0..connections {
+        let (http, answered, next, calls) = (
+            Arc::clone(&http),
+            Arc::clone(&answered),
+            Arc::clone(&next),
+            Arc::clone(&calls),
+        );
         tasks.push(tokio::spawn(async move {
-            let body = Bytes::from_static(
-                br#"{"national_id":"0000000000","tracking_code":"00000000","caravan_id":"T001"}"#,
-            );
-            let mut n: u64 = worker as u64;
             while Instant::now() < until {
-                n += 1;
-                let reserve = (n % 100) as f64 / 100.0 < reserve_share;
-                let (endpoint, method, path, body) = if reserve {
-                    (
-                        Endpoint::Reserve,
-                        Method::POST,
-                        "/v1/reservations",
-                        Some(body.clone()),
-                    )
-                } else {
-                    (
-                        Endpoint::List,
-                        Method::GET,
-                        "/v1/provinces/1/caravans?city=Tehran",
-                        None,
-                    )
-                };
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let call = &calls[(n % calls.len() as u64) as usize];
                 let result = http
                     .call(Call {
-                        endpoint,
-                        method,
-                        path,
-                        body,
+                        endpoint: call.endpoint,
+                        method: call.method.clone(),
+                        path: &call.path,
+                        body: call.body.clone(),
                         headers: &[],
                         intended: Instant::now(),
                         wrong_credentials: false,

@@ -9,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::Method;
 
-use crate::admin::{Admin, ExportedReservation};
+use crate::admin::{Admin, ExportedReservation, Wave};
+use crate::dataset::{JalaliDay, parse_day};
 use crate::recorder::{Acknowledged, Recorded};
 use crate::summary::CheckReport;
 
@@ -26,6 +27,12 @@ pub struct CheckInput<'a> {
     pub capacities: Option<HashMap<String, u32>>,
     /// The least rank correlation of arrival and seat order accepted.
     pub fcfs_min: f64,
+    /// Province and receipt day of each holder by national ID, from the data set; `None`
+    /// skips the schedule check.
+    pub holders: Option<&'a HashMap<String, (u32, JalaliDay)>>,
+    /// Reservations created before this instant (ms since the epoch) are left out of the
+    /// schedule check: the schedule they were made under is not the one the run set.
+    pub since_ms: Option<i64>,
 }
 
 /// Runs the check; `label` names the pass in reports. Fails only when the server cannot be
@@ -50,6 +57,10 @@ pub async fn check(
     check_capacity(&export, input, &before, &after, &mut violations);
     check_one_live_per_holder(&export, &mut violations);
     check_acknowledged(&export, &acknowledged, &mut violations);
+    if let Some(holders) = input.holders {
+        let waves = admin.waves().await?;
+        check_schedule(&export, &waves, holders, input.since_ms, &mut violations)?;
+    }
     let fcfs = fcfs_correlation(input.recorded);
     if let Some(rho) = fcfs
         && rho < input.fcfs_min
@@ -69,6 +80,7 @@ pub async fn check(
         label: label.to_string(),
         passed: total == 0,
         violations,
+        violation_count: total as u64,
         reservations: export.len() as u64,
         live,
         acknowledged: acknowledged.len() as u64,
@@ -266,6 +278,62 @@ fn check_acknowledged(
     }
 }
 
+/// Whether the schedule lets a holder of `province_id` with a receipt of `receipt` reserve at
+/// `at_ms`. The waves that include the province and have the smallest cutoff on or after the
+/// receipt call the holder; the holder may reserve once one of them has opened, or once any
+/// wave that includes the province, reaches the receipt and admits earlier receipts has.
+pub fn admitted(waves: &[Wave], province_id: u32, receipt: JalaliDay, at_ms: i64) -> bool {
+    let reaching: Vec<(&Wave, JalaliDay, i64)> = waves
+        .iter()
+        .filter(|w| w.includes(province_id))
+        .filter_map(|w| {
+            let cutoff = parse_day(&w.receipts_until).ok()?;
+            let opens = w.opens().ok()?.as_millisecond();
+            (cutoff >= receipt).then_some((w, cutoff, opens))
+        })
+        .collect();
+    let Some(calling_cutoff) = reaching.iter().map(|(_, c, _)| *c).min() else {
+        return false;
+    };
+    reaching.iter().any(|(w, cutoff, opens)| {
+        *opens <= at_ms && (*cutoff == calling_cutoff || w.admits_earlier_receipts)
+    })
+}
+
+/// Every reservation made since `since_ms` was made while a wave admitting its holder was open.
+fn check_schedule(
+    export: &[ExportedReservation],
+    waves: &[Wave],
+    holders: &HashMap<String, (u32, JalaliDay)>,
+    since_ms: Option<i64>,
+    violations: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    for r in export {
+        let created: jiff::Timestamp = r.created_at.parse().map_err(|e| {
+            anyhow::anyhow!("reservation {}: created_at {:?}: {e}", r.id, r.created_at)
+        })?;
+        let created_ms = created.as_millisecond();
+        if since_ms.is_some_and(|since| created_ms < since) {
+            continue;
+        }
+        let Some(&(province, receipt)) = holders.get(&r.national_id) else {
+            violations.push(format!(
+                "reservation {} is for holder {}, who is not in the data set",
+                r.id, r.national_id
+            ));
+            continue;
+        };
+        if !admitted(waves, province, receipt, created_ms) {
+            violations.push(format!(
+                "reservation {} was made at {} for holder {} (province {province}, receipt \
+                 {}/{:02}/{:02}) while no wave admitting them was open",
+                r.id, r.created_at, r.national_id, receipt.0, receipt.1, receipt.2
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Spearman's rank correlation of intended send time and server creation time over the
 /// seats taken directly; `None` with too few.
 pub fn fcfs_correlation(recorded: &Recorded) -> Option<f64> {
@@ -320,7 +388,69 @@ fn ranks(values: &[f64]) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::spearman;
+    use super::{Wave, admitted, spearman};
+
+    fn wave(
+        name: &str,
+        until: &str,
+        opens: &str,
+        provinces: Option<Vec<u32>>,
+        admits: bool,
+    ) -> Wave {
+        Wave {
+            name: name.to_string(),
+            receipts_until: until.to_string(),
+            opens_at: opens.to_string(),
+            provinces,
+            admits_earlier_receipts: admits,
+        }
+    }
+
+    fn at(instant: &str) -> i64 {
+        instant
+            .parse::<jiff::Timestamp>()
+            .map_or(i64::MIN, |t| t.as_millisecond())
+    }
+
+    #[test]
+    fn a_receipt_is_admitted_by_its_calling_wave_or_a_wave_that_admits_earlier_ones() {
+        let main = wave("main", "1386/01/31", "2026-03-01T06:30:00Z", None, false);
+        let reserve = |admits| {
+            wave(
+                "reserve",
+                "1386/02/15",
+                "2026-02-01T06:30:00Z",
+                None,
+                admits,
+            )
+        };
+        let before_main = at("2026-02-15T00:00:00Z");
+        let after_main = at("2026-03-02T00:00:00Z");
+        // A main-wave receipt is not admitted by an earlier-opening reserve wave...
+        let waves = [main.clone(), reserve(false)];
+        assert!(!admitted(&waves, 5, (1385, 1, 1), before_main));
+        assert!(admitted(&waves, 5, (1385, 1, 1), after_main));
+        // ... unless that wave says it admits earlier receipts.
+        assert!(admitted(
+            &[main.clone(), reserve(true)],
+            5,
+            (1385, 1, 1),
+            before_main
+        ));
+        // A reserve receipt is called by the reserve wave; one past every cutoff never.
+        assert!(admitted(&waves, 5, (1386, 2, 1), before_main));
+        assert!(!admitted(&waves, 5, (1390, 1, 1), after_main));
+        // A wave for other provinces neither calls nor admits.
+        let staggered = [wave(
+            "main",
+            "1386/01/31",
+            "2026-03-01T06:30:00Z",
+            Some(vec![1]),
+            false,
+        )];
+        assert!(admitted(&staggered, 1, (1385, 1, 1), after_main));
+        assert!(!admitted(&staggered, 2, (1385, 1, 1), after_main));
+    }
 
     #[test]
     fn spearman_sees_order_reversal_and_ties() {

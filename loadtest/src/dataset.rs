@@ -77,6 +77,15 @@ impl DataSet {
             .collect()
     }
 
+    /// Province and receipt day of each holder, by national ID (what
+    /// the after-run check needs to judge the schedule).
+    pub fn holder_receipts(&self) -> HashMap<String, (u32, JalaliDay)> {
+        self.holders
+            .iter()
+            .map(|h| (h.national_id.clone(), (h.province_id, h.receipt)))
+            .collect()
+    }
+
     /// Seats of all caravans.
     pub fn seats_total(&self) -> u64 {
         self.caravans.iter().map(|c| u64::from(c.capacity)).sum()

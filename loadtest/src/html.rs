@@ -8,6 +8,7 @@ use crate::summary::{
     BaselineReport, CheckReport, EndpointSummary, Percentiles, SeatsTimeline, SellOut, SloResult,
     Summary, TimelinePoint,
 };
+use crate::verdict::Status;
 
 /// Violations listed per check; `summary.json` holds them all, and thousands of lines would
 /// only bury the rest of the page.
@@ -66,6 +67,11 @@ td:first-child{font-weight:600}
 .verdict ul{font-size:1rem;font-weight:400;margin:.4rem 0 0}
 .verdict.pass,.badge.pass{background:#2e7d32}
 .verdict.fail,.badge.fail{background:#c62828}
+.verdict.none,.badge.none{background:#6b7280}
+table.verdicts td:nth-child(2){white-space:nowrap}
+figcaption{font-size:.9rem;color:#374151}
+figcaption dt{font-weight:600;float:left;clear:left;margin-right:.4rem}
+figcaption dd{margin:0 0 .2rem}
 .badge{color:#fff;border-radius:4px;padding:.1rem .5rem;font-size:.85rem;margin-left:.5rem}
 td.pass{color:#2e7d32;font-weight:600}
 td.fail{color:#c62828;font-weight:600}
@@ -277,25 +283,42 @@ fn write_header(out: &mut String, summary: &Summary) {
     out.push_str("</header>\n");
 }
 
+/// The overall verdict as a banner, then one row per verdict with the figures it was judged
+/// by: the same lines the terminal prints.
 fn write_verdict(out: &mut String, summary: &Summary) {
-    if !summary.valid() {
+    let verdicts = summary.verdicts();
+    let class = match verdicts.overall {
+        Status::Passed => "pass",
+        Status::Failed => "fail",
+        Status::NotJudged => "none",
+    };
+    let _ = writeln!(
+        out,
+        "<div class=\"verdict {class}\">{}</div>",
+        escape(&verdicts.headline())
+    );
+    out.push_str("<table class=\"verdicts\">\n<tbody>\n");
+    for line in verdicts.lines() {
+        let class = match line.good {
+            Some(good) => verdict_class(good),
+            None => "none",
+        };
         let _ = writeln!(
             out,
-            "<div class=\"verdict fail\">INVALID as a latency measurement: requests left up to \
-             {} ms late (p99 {} ms); the server saw less than the planned load</div>",
-            fixed(summary.send_lag.max_ms, 0),
-            fixed(summary.send_lag.p99_ms, 0)
+            "<tr><td>{}</td><td><span class=\"badge {class}\">{}</span></td><td>{}</td></tr>",
+            escape(line.label),
+            escape(line.word),
+            escape(&line.detail)
         );
     }
-    if summary.passed() {
-        out.push_str("<div class=\"verdict pass\">PASSED: every check and gate held</div>\n");
-        return;
+    out.push_str("</tbody>\n</table>\n");
+    if !summary.client_violations.is_empty() {
+        out.push_str("<p>Contradictions the client saw:</p>\n<ul>\n");
+        for violation in &summary.client_violations {
+            let _ = writeln!(out, "<li>{}</li>", escape(violation));
+        }
+        out.push_str("</ul>\n");
     }
-    out.push_str("<div class=\"verdict fail\">FAILED\n<ul>\n");
-    for failure in &summary.failures {
-        let _ = writeln!(out, "<li>{}</li>", escape(failure));
-    }
-    out.push_str("</ul>\n</div>\n");
 }
 
 fn write_key_figures(out: &mut String, summary: &Summary) {
@@ -438,25 +461,112 @@ fn endpoint_row(endpoint: &EndpointSummary) -> Vec<Cell> {
 
 fn write_charts(out: &mut String, summary: &Summary) {
     open_section(out, "Over time");
-    write_chart(
-        out,
-        &throughput_chart(&summary.timeline),
-        "no timeline was recorded",
-    );
+    let throughput = throughput_chart(&summary.timeline);
+    let bands = throughput_caption(&throughput);
+    write_chart(out, &throughput, "no timeline was recorded", &bands);
     write_chart(
         out,
         &latency_chart(&summary.timeline),
         "no second of the timeline has a latency",
+        &latency_caption(summary),
     );
-    write_chart(out, &seats_chart(&summary.seats), "no seat samples to draw");
+    write_chart(
+        out,
+        &seats_chart(&summary.seats),
+        "no seat samples to draw",
+        &[(
+            "A line that rises".to_string(),
+            "seats came back: a hold whose stage deadline passed expired, a holder \
+             cancelled, or a registration ended at the medical stage; each freed seat goes \
+             first to the province's waiting list as an offer (which takes it again), else \
+             back to the pool"
+                .to_string(),
+        )],
+    );
     close_section(out);
 }
 
-fn write_chart(out: &mut String, chart: &Chart, why_empty: &str) {
+/// What each band of the throughput chart means, for the bands it draws.
+fn throughput_caption(chart: &Chart) -> Vec<(String, String)> {
+    let meaning = |class: &str| -> &'static str {
+        match class {
+            "ok" => "answered with success (2xx)",
+            "not_modified" => "a list refresh whose caravans had not changed (304, cheap)",
+            "rejected" => {
+                "a correct refusal in a rush: caravan full, already reserved, not open yet, \
+                 not called, the planned wrong credentials"
+            }
+            "shed" => {
+                "refused by overload with Retry-After (429/503): the server protecting itself; \
+                 the client waits and retries with the same key"
+            }
+            "unexpected" => "a 4xx the client did nothing to deserve (a failure)",
+            "server_error" => "5xx, or 429/503 without Retry-After (a failure)",
+            "timeout" => {
+                "no answer within the client's timeout of the intended send time (a failure); \
+                 a wide band means the server was asked for more than it can answer"
+            }
+            "transport" => "connection refused, reset or broken (a failure)",
+            _ => "an outcome class this report does not know",
+        }
+    };
+    let mut bands: Vec<(String, String)> = chart
+        .series
+        .iter()
+        .rev()
+        .map(|series| (series.name.clone(), meaning(&series.name).to_string()))
+        .collect();
+    if !bands.is_empty() {
+        bands.push((
+            "Stacking".to_string(),
+            "bands are stacked bottom-up in this order; the top edge is every request \
+             answered (or given up) in that second"
+                .to_string(),
+        ));
+    }
+    bands
+}
+
+fn latency_caption(summary: &Summary) -> Vec<(String, String)> {
+    vec![
+        (
+            "p50, p99".to_string(),
+            format!(
+                "latency from each request's intended send time to its answer, over the \
+                 requests answered in that second; a request without an answer counts at the \
+                 client's timeout ({} s), so a line flat at that height means requests were \
+                 going unanswered",
+                plain(summary.timeout_s)
+            ),
+        ),
+        (
+            "p99 send lag".to_string(),
+            format!(
+                "how late the generator itself sent requests; above {} ms (p99 over the run) \
+                 the run is invalid as a measurement",
+                plain(summary.send_lag.limit_ms)
+            ),
+        ),
+    ]
+}
+
+fn write_chart(out: &mut String, chart: &Chart, why_empty: &str, caption: &[(String, String)]) {
     match chart_svg(chart) {
         Some(svg) => {
             out.push_str("<figure>\n");
             out.push_str(&svg);
+            if !caption.is_empty() {
+                out.push_str("<figcaption><dl>\n");
+                for (term, meaning) in caption {
+                    let _ = writeln!(
+                        out,
+                        "<dt>{}:</dt><dd>{}</dd>",
+                        escape(term),
+                        escape(meaning)
+                    );
+                }
+                out.push_str("</dl></figcaption>\n");
+            }
             out.push_str("</figure>\n");
         }
         None => {
@@ -1415,7 +1525,7 @@ mod tests {
     fn inserted_text_is_escaped() {
         let summary = Summary {
             target: "<script>alert('x')</script>".to_string(),
-            failures: vec!["a & b <script>".to_string()],
+            client_violations: vec!["a & b <script>".to_string()],
             ..small_run()
         };
         let page = render(&summary);

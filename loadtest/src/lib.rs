@@ -23,8 +23,11 @@ pub mod recorder;
 pub mod run;
 pub mod slo;
 pub mod summary;
+pub mod verdict;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -34,6 +37,7 @@ use crate::check::CheckInput;
 use crate::plan::{Plan, PlanParams};
 use crate::run::{Played, RunOptions};
 use crate::summary::{BaselineEndpoint, BaselineReport, Summary};
+use crate::verdict::ServiceLimits;
 
 /// Options of `miqat loadtest`.
 #[derive(clap::Args, Debug, Clone)]
@@ -42,7 +46,11 @@ pub struct LoadtestArgs {
     #[arg(long, env = "MIQAT_TARGET", default_value = "http://127.0.0.1:8080")]
     pub target: String,
     /// The data set the plan is drawn from (`caravans.csv`, `holders.csv`, `season.toml`).
-    #[arg(long, env = "MIQAT_CATALOG", required_unless_present = "replay")]
+    #[arg(
+        long,
+        env = "MIQAT_CATALOG",
+        required_unless_present_any = ["replay", "list_params"]
+    )]
     pub catalog: Option<PathBuf>,
     /// Play a recorded plan (NDJSON from `--record`) with its original timing.
     #[arg(long, conflicts_with_all = ["seed", "speed", "holders", "set"])]
@@ -93,9 +101,12 @@ pub struct LoadtestArgs {
     /// The least rank correlation of arrival and seat order that passes the FCFS check.
     #[arg(long, default_value_t = 0.8)]
     pub fcfs_min: f64,
-    /// The send-lag p99 (ms) above which the run is invalid.
+    /// The send-lag p99 (ms) above which the run is invalid as a measurement.
     #[arg(long, default_value_t = 50.0)]
     pub max_lag_ms: f64,
+    /// Thresholds of the service verdict.
+    #[command(flatten)]
+    pub limits: ServiceLimits,
     /// Also measure a trivial axum handler with the same client and plan; print ratios.
     #[arg(long)]
     pub baseline: bool,
@@ -122,6 +133,7 @@ pub fn run_cli(args: &LoadtestArgs) -> anyhow::Result<Option<Summary>> {
         }
         return Ok(None);
     }
+    args.limits.validate()?;
     let slos = args
         .slo
         .iter()
@@ -176,6 +188,8 @@ pub fn run_cli(args: &LoadtestArgs) -> anyhow::Result<Option<Summary>> {
         check: !args.no_check,
         baseline: args.baseline,
         capacities: data.as_ref().map(|d| d.capacities()),
+        limits: args.limits,
+        holders: data.as_ref().map(|d| Arc::new(d.holder_receipts())),
     };
     let summary = runtime.block_on(execute(&plan, &options, &extras))?;
     write_reports(&summary, &args.out)?;
@@ -239,7 +253,20 @@ pub struct Extras {
     /// Measure the trivial baseline too.
     pub baseline: bool,
     /// Capacities from the data set, if known.
-    pub capacities: Option<std::collections::HashMap<String, u32>>,
+    pub capacities: Option<HashMap<String, u32>>,
+    /// Thresholds of the service verdict.
+    pub limits: ServiceLimits,
+    /// Province and receipt of each holder from the data set, if known (the schedule check).
+    pub holders: Option<Arc<HashMap<String, (u32, dataset::JalaliDay)>>>,
+}
+
+/// When the run started, after it set the schedule: the schedule check starts there.
+pub fn run_started_ms(summary: &Summary) -> Option<i64> {
+    summary
+        .started_at
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }
 
 /// Plays `plan`, checks, gates and (if asked) measures the baseline; returns the summary and
@@ -265,6 +292,8 @@ pub async fn execute_with_records(
                 recorded: &recorded,
                 capacities: extras.capacities.clone(),
                 fcfs_min: extras.fcfs_min,
+                holders: extras.holders.as_deref(),
+                since_ms: run_started_ms(&summary),
             },
         )
         .await?;
@@ -275,14 +304,10 @@ pub async fn execute_with_records(
     }
     for gate in &extras.slos {
         let result = slo::evaluate(gate, &summary);
-        if !result.passed {
-            summary.failures.push(format!(
-                "SLO {} missed: {:.2} ms",
-                result.gate, result.measured_ms
-            ));
-        }
         summary.slo.push(result);
     }
+    summary.limits = extras.limits;
+    summary.judge();
     Ok((summary, recorded))
 }
 
@@ -295,14 +320,11 @@ pub async fn execute(
     Ok(execute_with_records(plan, options, extras).await?.0)
 }
 
-/// Adds a check pass to `summary`; its violations fail the run.
+/// Adds a check pass to `summary` and judges it again; a violation fails the correctness
+/// verdict.
 pub fn add_check(summary: &mut Summary, report: summary::CheckReport) {
-    for v in &report.violations {
-        summary
-            .failures
-            .push(format!("check {}: {v}", report.label));
-    }
     summary.checks.push(report);
+    summary.judge();
 }
 
 async fn measure_baseline(
@@ -375,7 +397,10 @@ fn ratio(ours: f64, theirs: f64) -> f64 {
 pub fn write_reports(summary: &Summary, dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join("summary.json");
-    std::fs::write(&json, serde_json::to_vec_pretty(summary)?)
+    // Judged afresh, as the text and the HTML are: all three say the same.
+    let mut judged = summary.clone();
+    judged.judge();
+    std::fs::write(&json, serde_json::to_vec_pretty(&judged)?)
         .with_context(|| format!("writing {}", json.display()))?;
     let html = dir.join("report.html");
     std::fs::write(&html, html::render(summary))

@@ -203,6 +203,23 @@ impl Plan {
     }
 }
 
+/// The most first requests the plan asks for in any one second (refreshes, the list and the
+/// reservation at each holder's moment; retries and later reactions not counted).
+pub fn planned_peak_per_second(plan: &Plan) -> u64 {
+    let mut per_second: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
+    for j in &plan.journeys {
+        let mut at = j.start_ms;
+        if j.refresh_ms > 0 {
+            while at < j.act_ms {
+                *per_second.entry(at.div_euclid(1000)).or_default() += 1;
+                at += i64::from(j.refresh_ms);
+            }
+        }
+        *per_second.entry(j.act_ms.div_euclid(1000)).or_default() += 2;
+    }
+    per_second.values().copied().max().unwrap_or(0)
+}
+
 /// Generates the plan for `data` (deterministic in `params`).
 pub fn generate(data: &DataSet, params: &PlanParams) -> anyhow::Result<Plan> {
     validate(params)?;

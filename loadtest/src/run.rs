@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
-use crate::admin::{Admin, Province, Wave};
+use crate::admin::{Admin, Province, Wave, shift_schedule};
 use crate::client::Http;
 use crate::journey::{self, Context};
 use crate::outcome::{Endpoint, Outcome};
@@ -204,17 +204,24 @@ async fn anchor_wave(
         let opens = jiff::Timestamp::now()
             + jiff::SignedDuration::from_millis(i64::try_from(delay.as_millis()).unwrap_or(0));
         let opens = opens.round(jiff::Unit::Millisecond).unwrap_or(opens);
-        waves[index].opens_at = opens.to_string();
+        // The whole schedule moves, spacing kept: moving the main wave alone would leave a
+        // reserve wave (whose cutoff covers the main wave's receipts) open in the past.
+        shift_schedule(&mut waves, index, opens)?;
+        if options.live {
+            for (i, w) in waves.iter().enumerate() {
+                if i != index && w.opens()? < opens {
+                    eprintln!(
+                        "note: wave {:?} opens before the rushed wave {:?} and is open already",
+                        w.name, waves[index].name
+                    );
+                }
+            }
+        }
         admin.put_waves(&waves).await?;
         waves = admin.waves().await?;
     }
     let wave = waves[index].clone();
-    let opens: jiff::Timestamp = wave.opens_at.parse().with_context(|| {
-        format!(
-            "wave {:?}: opens_at {:?} is not RFC 3339",
-            wave.name, wave.opens_at
-        )
-    })?;
+    let opens = wave.opens()?;
     Ok((wave, opens.as_millisecond()))
 }
 
@@ -425,6 +432,7 @@ fn summarize(
             planned_requests: planned_requests(plan),
         },
         duration_s,
+        timeout_s: options.timeout.as_secs_f64(),
         requests,
         throughput_rps: requests as f64 / duration_s,
         peak_rps,
@@ -455,9 +463,7 @@ fn summarize(
         sell_out,
         ..Summary::default()
     };
-    for v in &recorded.violations {
-        summary.failures.push(v.clone());
-    }
+    summary.client_violations = recorded.violations.clone();
     summary
 }
 

@@ -74,6 +74,7 @@ pub fn evaluate(slo: &Slo, summary: &Summary) -> SloResult {
     SloResult {
         gate: slo.text.clone(),
         measured_ms,
+        bound_ms: slo.bound_ms,
         passed: measured_ms < slo.bound_ms,
     }
 }

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::verdict::{self, ServiceLimits, Verdicts};
+
 /// Everything a run found, serialized as `summary.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
@@ -19,6 +21,9 @@ pub struct Summary {
     pub plan: PlanInfo,
     /// Seconds from the first request to the last answer.
     pub duration_s: f64,
+    /// Seconds after its intended time a request without an answer counted as timed out.
+    #[serde(default)]
+    pub timeout_s: f64,
     /// Requests sent (every retry counts).
     pub requests: u64,
     /// Requests per second over the run.
@@ -56,9 +61,17 @@ pub struct Summary {
     pub slo: Vec<SloResult>,
     /// The same client against a trivial handler, when asked for.
     pub baseline: Option<BaselineReport>,
-    /// Violations and missed gates; empty when the run passed. A run whose generator fell
-    /// behind is not failed by it but marked invalid ([`LagSummary::valid`]).
-    pub failures: Vec<String>,
+    /// Contradictions the client saw itself during the run (one key answered with two
+    /// reservations, a crashed journey); each fails the correctness verdict.
+    #[serde(default)]
+    pub client_violations: Vec<String>,
+    /// The thresholds of the service verdict.
+    #[serde(default)]
+    pub limits: ServiceLimits,
+    /// The verdicts, judged from the figures above by [`crate::verdict::judge`] (written by
+    /// [`Summary::judge`]; the reports judge afresh, so they cannot disagree with the data).
+    #[serde(default)]
+    pub verdict: Verdicts,
 }
 
 /// The plan's identity.
@@ -178,8 +191,11 @@ pub struct CheckReport {
     pub label: String,
     /// No violation.
     pub passed: bool,
-    /// Each violation in words.
+    /// Each violation in words (the first few; `violation_count` counts them all).
     pub violations: Vec<String>,
+    /// Violations found, all of them.
+    #[serde(default)]
+    pub violation_count: u64,
     /// Reservations the server lists.
     pub reservations: u64,
     /// Live (offered, held or confirmed) among them.
@@ -200,6 +216,9 @@ pub struct SloResult {
     pub gate: String,
     /// What was measured, in milliseconds.
     pub measured_ms: f64,
+    /// The bound the measure must stay below, in milliseconds.
+    #[serde(default)]
+    pub bound_ms: f64,
     /// Whether it held.
     pub passed: bool,
 }
@@ -235,9 +254,20 @@ pub struct BaselineEndpoint {
 }
 
 impl Summary {
-    /// Whether every check and gate held.
+    /// The verdicts judged from this summary's figures and thresholds.
+    pub fn verdicts(&self) -> Verdicts {
+        verdict::judge(self)
+    }
+
+    /// Stores [`Summary::verdicts`] in `verdict` (for `summary.json`).
+    pub fn judge(&mut self) {
+        self.verdict = self.verdicts();
+    }
+
+    /// Whether the run passed overall: correctness (when checked), service and measurement
+    /// validity all passed.
     pub fn passed(&self) -> bool {
-        self.failures.is_empty()
+        self.verdicts().passed()
     }
 
     /// Whether the generator kept to the plan, so the latency figures are measurements of
@@ -386,18 +416,17 @@ impl Summary {
                 if s.passed { "held" } else { "MISSED" }
             );
         }
-        if self.failures.is_empty() {
-            let _ = writeln!(out, "verdict    PASSED: every check and gate held");
-        } else {
-            let _ = writeln!(out, "verdict    FAILED: {}", self.failures.join("; "));
-        }
-        if !self.valid() {
+        let verdicts = self.verdicts();
+        let _ = writeln!(out, "verdict    {}", verdicts.headline());
+        for line in verdicts.lines() {
             let _ = writeln!(
                 out,
-                "           the run is INVALID as a latency measurement: requests left up to {:.0} ms \
-                 late (p99 {:.0} ms), so the server saw less than the planned load",
-                self.send_lag.max_ms, self.send_lag.p99_ms
+                "           {:<12} {:<11} {}",
+                line.label, line.word, line.detail
             );
+        }
+        for v in &self.client_violations {
+            let _ = writeln!(out, "           client saw: {v}");
         }
         out
     }

@@ -47,6 +47,7 @@ fn extras(dir: &std::path::Path) -> Extras {
         // is about sold-out caravans, not tenths of a millisecond.
         fcfs_min: -1.0,
         capacities: Some(data.capacities()),
+        holders: Some(std::sync::Arc::new(data.holder_receipts())),
         ..Extras::default()
     }
 }
@@ -132,8 +133,48 @@ async fn the_check_passes_a_correct_server() {
     assert!(check.passed, "{:?}", check.violations);
     assert_eq!(check.live, 60, "{}", summary.to_text());
     assert_eq!(check.acknowledged, 60);
-    assert!(summary.passed(), "{:?}", summary.failures);
+    assert!(summary.passed(), "{}", summary.to_text());
     assert!(summary.outcomes.get("rejected").copied().unwrap_or(0) > 0);
+    // --reschedule-in moved the whole schedule: the reserve wave still opens 12 days after
+    // the main one, not in the past.
+    let waves = fake.waves();
+    let opens = |i: usize| {
+        waves[i]["opens_at"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    assert_eq!(
+        opens(1).duration_since(opens(0)),
+        jiff::SignedDuration::from_hours(12 * 24)
+    );
+    assert!(opens(0) > jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_catches_seats_given_while_no_wave_admitted_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    write_data_set(dir.path(), 200, 10);
+    let plan = plan_for(dir.path(), 5);
+    assert!(
+        plan.journeys.iter().any(|j| !j.called),
+        "the plan needs uncalled holders"
+    );
+    let fake = Fake::start(Mode::IgnoreSchedule, dir.path()).await;
+    let summary = execute(&plan, &options(&fake), &extras(dir.path()))
+        .await
+        .unwrap();
+    let check = &summary.checks[0];
+    assert!(
+        check
+            .violations
+            .iter()
+            .any(|v| v.contains("while no wave admitting them was open")),
+        "{:?}",
+        check.violations
+    );
+    assert!(!summary.passed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

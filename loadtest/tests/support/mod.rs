@@ -78,6 +78,9 @@ pub enum Mode {
     /// Every reservation succeeds with an id derived from its key; answers depend only on
     /// the request, never on timing.
     SeatEveryone,
+    /// Correct about seats, but seats anyone at any time: before the opening and holders no
+    /// wave calls.
+    IgnoreSchedule,
 }
 
 /// A request as the fake server received it.
@@ -104,7 +107,10 @@ struct Reservation {
 
 struct Inner {
     mode: Mode,
-    opens_at: String,
+    /// The schedule as `GET /v1/waves` shows it: main, then reserve 12 days later.
+    waves: serde_json::Value,
+    /// Receipt date (`yyyy/mm/dd`) by national ID.
+    receipts: HashMap<String, String>,
     capacity: HashMap<String, (u32, String, u32)>,
     order: Vec<String>,
     reservations: Vec<Reservation>,
@@ -138,9 +144,19 @@ impl Fake {
             );
             order.push(f[0].to_string());
         }
+        let mut receipts = HashMap::new();
+        let text = std::fs::read_to_string(dir.join("holders.csv")).unwrap();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            receipts.insert(f[0].to_string(), f[3].to_string());
+        }
         let inner = Arc::new(Mutex::new(Inner {
             mode,
-            opens_at: "2020-02-28T06:30:00Z".into(),
+            waves: serde_json::json!([
+                {"name": "main", "receipts_until": "1386/01/31", "opens_at": "2020-02-28T06:30:00Z"},
+                {"name": "reserve", "receipts_until": "1386/02/15", "opens_at": "2020-03-11T06:30:00Z"}
+            ]),
+            receipts,
             capacity,
             order,
             reservations: Vec::new(),
@@ -179,6 +195,11 @@ impl Fake {
     /// Every request received, except the fake's own reads of schedule and seats.
     pub fn received(&self) -> Vec<Received> {
         self.inner.lock().received.clone()
+    }
+
+    /// The schedule as it stands.
+    pub fn waves(&self) -> serde_json::Value {
+        self.inner.lock().waves.clone()
     }
 }
 
@@ -231,17 +252,25 @@ fn problem(status: StatusCode, code: &str, extra: &str) -> Response {
 }
 
 async fn waves(State(inner): Shared) -> Response {
-    let opens_at = inner.lock().opens_at.clone();
-    json(
-        StatusCode::OK,
-        format!(r#"[{{"name":"main","receipts_until":"1386/01/31","opens_at":"{opens_at}"}}]"#),
-    )
+    let waves = inner.lock().waves.to_string();
+    json(StatusCode::OK, waves)
 }
 
 async fn put_waves(State(inner): Shared, body: Bytes) -> Response {
-    let waves: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    inner.lock().opens_at = waves[0]["opens_at"].as_str().unwrap().to_string();
+    inner.lock().waves = serde_json::from_slice(&body).unwrap();
     json(StatusCode::OK, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The schedule's answer to a holder now, by the fake's own simple rule: only the main wave
+/// calls anyone in this data set (receipts of 1385 or 1390), and only once it opened.
+fn schedule_refusal(inner: &Inner, national_id: &str) -> Option<Response> {
+    let receipt = inner.receipts.get(national_id)?;
+    if receipt.as_str() > "1386/02/15" {
+        return Some(problem(StatusCode::FORBIDDEN, "not_called", ""));
+    }
+    let opens: jiff::Timestamp = inner.waves[0]["opens_at"].as_str()?.parse().ok()?;
+    (jiff::Timestamp::now() < opens)
+        .then(|| problem(StatusCode::FORBIDDEN, "registration_not_open", ""))
 }
 
 fn free_seats(inner: &Inner, caravan: &str) -> u32 {
@@ -321,6 +350,11 @@ async fn reserve(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Respo
             body.caravan_id
         );
         return json(StatusCode::CREATED, text);
+    }
+    if inner.mode != Mode::IgnoreSchedule
+        && let Some(refusal) = schedule_refusal(&inner, &body.national_id)
+    {
+        return refusal;
     }
     if let Some(live) = inner
         .reservations

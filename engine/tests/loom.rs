@@ -43,7 +43,7 @@ fn racing_reserves_never_exceed_capacity() {
         let cat = engine.catalog().clone();
         // Caravan a1 has 2 seats; three holders of city A race for it.
         let a1 = cat.caravan_by_id("a1").unwrap();
-        let holders: Vec<u32> = (1000..1003)
+        let holders: Vec<miqat_engine::catalog::HolderIdx> = (1000..1003)
             .map(|n| cat.holder_by_national_id(n).unwrap())
             .collect();
         let threads: Vec<_> = holders

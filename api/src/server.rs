@@ -70,6 +70,11 @@ impl Default for ServeOptions {
     }
 }
 
+/// Requests one HTTP/2 connection may have open at once.
+const H2_STREAMS_MAX: u32 = 32;
+/// Bytes HTTP/2 buffers per stream for a client that does not read.
+const H2_SEND_BUFFER_BYTES_MAX: usize = 16 * 1024;
+
 /// After a graceful close begins on an idle connection, it gets this long before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -93,7 +98,12 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(options.idle_timeout))
-        .keep_alive_timeout(options.idle_timeout);
+        .keep_alive_timeout(options.idle_timeout)
+        // A client that never opens its flow-control window leaves every answer it asked for
+        // in memory: bound the answers one connection can hold (hyper's default is 200
+        // streams of up to 400 KiB buffered each).
+        .max_concurrent_streams(H2_STREAMS_MAX)
+        .max_send_buf_size(H2_SEND_BUFFER_BYTES_MAX);
     let builder = Arc::new(builder);
     let cap = Arc::new(ConnectionCap::new(options.connections_per_client_max, 16));
     let open_connections = Arc::new(AtomicUsize::new(0));

@@ -15,7 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -71,7 +71,7 @@ impl Default for ServeOptions {
 }
 
 /// Requests one HTTP/2 connection may have open at once.
-const H2_STREAMS_MAX: u32 = 32;
+const H2_STREAMS_MAX: u32 = 16;
 /// Bytes HTTP/2 buffers per stream for a client that does not read.
 const H2_SEND_BUFFER_BYTES_MAX: usize = 16 * 1024;
 
@@ -326,11 +326,17 @@ struct Activity {
     in_flight: AtomicU32,
     /// Woken when a deadline may have moved (a request began or ended).
     changed: Notify,
-    /// Whether the client spoke HTTP/2 (its connection preface), decided on the first read.
-    http2: AtomicBool,
-    /// Whether any byte has arrived yet.
-    spoke: AtomicBool,
+    /// The protocol, as far as the bytes so far tell: [`UNDECIDED`] while every byte received
+    /// matches the start of the HTTP/2 preface (`POST` and `PUT` begin with its `P`),
+    /// [`HTTP1`] or [`HTTP2`] once they tell. Undecided bytes count as an HTTP/1 request.
+    protocol: AtomicU8,
+    /// How many bytes of the HTTP/2 preface the client has sent while undecided.
+    preface_matched: AtomicUsize,
 }
+
+const UNDECIDED: u8 = 0;
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
 
 /// The start of the HTTP/2 connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -353,8 +359,8 @@ impl Activity {
             request_started_ms: AtomicU64::new(NO_REQUEST),
             in_flight: AtomicU32::new(0),
             changed: Notify::new(),
-            http2: AtomicBool::new(false),
-            spoke: AtomicBool::new(false),
+            protocol: AtomicU8::new(UNDECIDED),
+            preface_matched: AtomicUsize::new(0),
         }
     }
 
@@ -370,13 +376,35 @@ impl Activity {
     /// begin a request. On HTTP/2 only requests count: pings and settings frames keep no
     /// connection open, and hyper delivers a stream only once its headers are complete.
     fn on_read(&self, bytes: &[u8]) {
-        if !self.spoke.swap(true, Ordering::Relaxed) {
-            let n = bytes.len().min(H2_PREFACE.len());
-            self.http2
-                .store(bytes[..n] == H2_PREFACE[..n], Ordering::Relaxed);
-        }
-        if self.http2.load(Ordering::Relaxed) {
-            return;
+        match self.protocol.load(Ordering::Relaxed) {
+            HTTP2 => return,
+            HTTP1 => {}
+            _ => {
+                // Only the connection's own reads get here, one at a time.
+                let mut matched = self.preface_matched.load(Ordering::Relaxed);
+                let mut protocol = UNDECIDED;
+                for &b in bytes {
+                    if H2_PREFACE.get(matched) == Some(&b) {
+                        matched += 1;
+                        if matched == H2_PREFACE.len() {
+                            protocol = HTTP2;
+                            break;
+                        }
+                    } else {
+                        protocol = HTTP1;
+                        break;
+                    }
+                }
+                self.preface_matched.store(matched, Ordering::Relaxed);
+                self.protocol.store(protocol, Ordering::Relaxed);
+                if protocol == HTTP2 {
+                    // The preface is no request: HTTP/2 requests are counted as they begin.
+                    self.request_started_ms.store(NO_REQUEST, Ordering::Release);
+                    self.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
+                    self.changed.notify_one();
+                    return;
+                }
+            }
         }
         let now = self.now_ms();
         self.last_active_ms.store(now, Ordering::Relaxed);

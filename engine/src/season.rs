@@ -139,6 +139,34 @@ impl std::fmt::Display for OutOfOrder {
     }
 }
 
+/// One province's calls, from [`Schedule::province_calls`]: each distinct cutoff of the
+/// waves that include the province, in ascending order, with the first instant at which a
+/// receipt that cutoff calls may register.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProvinceCalls {
+    any_wave: bool,
+    calls: Vec<(i32, i64)>,
+}
+
+impl ProvinceCalls {
+    /// [`Schedule::eligibility`] for this province, without scanning the waves.
+    #[inline]
+    pub fn eligibility(&self, receipt_day: i32, now_ms: i64) -> Result<(), NotEligible> {
+        match self
+            .calls
+            .iter()
+            .find(|&&(cutoff, _)| cutoff >= receipt_day)
+        {
+            Some(&(_, opens_at_ms)) if opens_at_ms <= now_ms => Ok(()),
+            Some(&(_, opens_at_ms)) => Err(NotEligible::NotOpen {
+                opens_at_ms: Some(opens_at_ms),
+            }),
+            None if self.any_wave => Err(NotEligible::NotCalled),
+            None => Err(NotEligible::NotOpen { opens_at_ms: None }),
+        }
+    }
+}
+
 /// Why a holder may not reserve now, by the schedule alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotEligible {
@@ -181,31 +209,78 @@ impl Schedule {
         receipt_day: i32,
         now_ms: i64,
     ) -> Result<(), NotEligible> {
-        let covering = || {
-            self.waves
-                .iter()
-                .filter(move |w| w.includes(province_id) && w.receipts_until_day >= receipt_day)
-        };
-        let Some(calling_cutoff) = covering().map(|w| w.receipts_until_day).min() else {
-            return if self.waves.iter().any(|w| w.includes(province_id)) {
+        // One pass (every decision asks): the narrowest cutoff that covers the receipt, the
+        // earliest opening among the waves at that cutoff, and the earliest opening among
+        // covering waves that admit earlier receipts.
+        let mut any_includes = false;
+        let mut calling: Option<(i32, i64)> = None;
+        let mut admitting_opens = i64::MAX;
+        for wave in &self.waves {
+            if !wave.includes(province_id) {
+                continue;
+            }
+            any_includes = true;
+            let cutoff = wave.receipts_until_day;
+            if cutoff < receipt_day {
+                continue;
+            }
+            calling = match calling {
+                Some((c, _)) if cutoff > c => calling,
+                Some((c, opens)) if cutoff == c => Some((c, opens.min(wave.opens_at_ms))),
+                _ => Some((cutoff, wave.opens_at_ms)),
+            };
+            if wave.admits_earlier_receipts {
+                admitting_opens = admitting_opens.min(wave.opens_at_ms);
+            }
+        }
+        let Some((_, calling_opens)) = calling else {
+            return if any_includes {
                 Err(NotEligible::NotCalled)
             } else {
                 Err(NotEligible::NotOpen { opens_at_ms: None })
             };
         };
-        let mut next_opening: Option<i64> = None;
-        for wave in covering() {
-            if wave.receipts_until_day != calling_cutoff && !wave.admits_earlier_receipts {
-                continue;
-            }
-            if wave.opens_at_ms <= now_ms {
-                return Ok(());
-            }
-            next_opening = Some(next_opening.map_or(wave.opens_at_ms, |t| t.min(wave.opens_at_ms)));
+        let first_opening = calling_opens.min(admitting_opens);
+        if first_opening <= now_ms {
+            Ok(())
+        } else {
+            Err(NotEligible::NotOpen {
+                opens_at_ms: Some(first_opening),
+            })
         }
-        Err(NotEligible::NotOpen {
-            opens_at_ms: next_opening,
-        })
+    }
+
+    /// The schedule as one province sees it, precomputed for [`ProvinceCalls::eligibility`],
+    /// which every reservation asks.
+    pub fn province_calls(&self, province_id: u32) -> ProvinceCalls {
+        let mut cutoffs: Vec<i32> = self
+            .waves
+            .iter()
+            .filter(|w| w.includes(province_id))
+            .map(|w| w.receipts_until_day)
+            .collect();
+        cutoffs.sort_unstable();
+        cutoffs.dedup();
+        let calls = cutoffs
+            .iter()
+            .map(|&cutoff| {
+                // Opens for receipts this cutoff calls: a wave at the cutoff, or a wider one
+                // that admits earlier receipts.
+                let first_opening = self
+                    .waves
+                    .iter()
+                    .filter(|w| w.includes(province_id) && w.receipts_until_day >= cutoff)
+                    .filter(|w| w.receipts_until_day == cutoff || w.admits_earlier_receipts)
+                    .map(|w| w.opens_at_ms)
+                    .min()
+                    .unwrap_or(i64::MAX);
+                (cutoff, first_opening)
+            })
+            .collect();
+        ProvinceCalls {
+            any_wave: !cutoffs.is_empty(),
+            calls,
+        }
     }
 
     /// Returns `Ok(())` if and only if, in every province, no wave opens strictly before
@@ -338,6 +413,84 @@ impl Default for Season {
                 (Stage::FinalPayment, 30 * 24 * HOUR_MS),
             ],
             offer_deadline_ms: 24 * HOUR_MS,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The rule as the contract states it, written for clarity, not speed: the waves that
+    /// cover the receipt; among them those at the narrowest cutoff and those that admit
+    /// earlier receipts; open when one of those has opened.
+    fn eligibility_by_definition(
+        waves: &[Wave],
+        province_id: u32,
+        receipt_day: i32,
+        now_ms: i64,
+    ) -> Result<(), NotEligible> {
+        let covering: Vec<&Wave> = waves
+            .iter()
+            .filter(|w| w.includes(province_id) && w.receipts_until_day >= receipt_day)
+            .collect();
+        let Some(cutoff) = covering.iter().map(|w| w.receipts_until_day).min() else {
+            return if waves.iter().any(|w| w.includes(province_id)) {
+                Err(NotEligible::NotCalled)
+            } else {
+                Err(NotEligible::NotOpen { opens_at_ms: None })
+            };
+        };
+        let openings: Vec<i64> = covering
+            .iter()
+            .filter(|w| w.receipts_until_day == cutoff || w.admits_earlier_receipts)
+            .map(|w| w.opens_at_ms)
+            .collect();
+        if openings.iter().any(|&t| t <= now_ms) {
+            Ok(())
+        } else {
+            Err(NotEligible::NotOpen {
+                opens_at_ms: openings.into_iter().min(),
+            })
+        }
+    }
+
+    fn arb_wave() -> impl Strategy<Value = Wave> {
+        (
+            0i32..6,
+            0i64..6,
+            proptest::option::of(proptest::collection::vec(1u32..4, 0..3)),
+            any::<bool>(),
+        )
+            .prop_map(|(cutoff, opens, provinces, admits)| Wave {
+                name: String::new(),
+                receipts_until_day: cutoff,
+                opens_at_ms: opens,
+                provinces,
+                admits_earlier_receipts: admits,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn eligibility_agrees_with_its_definition(
+            waves in proptest::collection::vec(arb_wave(), 0..5),
+            province_id in 1u32..4,
+            receipt_day in 0i32..7,
+            now_ms in 0i64..7,
+        ) {
+            let schedule = Schedule { waves: waves.clone() };
+            let by_definition = eligibility_by_definition(&waves, province_id, receipt_day, now_ms);
+            prop_assert_eq!(
+                schedule.eligibility(province_id, receipt_day, now_ms),
+                by_definition
+            );
+            prop_assert_eq!(
+                schedule.province_calls(province_id).eligibility(receipt_day, now_ms),
+                by_definition
+            );
         }
     }
 }

@@ -69,18 +69,22 @@ impl Engine {
         let mut st = self.shards[p].state.lock();
         let mut count = 0usize;
         let mut ticket = None;
+        let mut wake_at: Option<i64> = None;
         while count < EXPIRY_BATCH_MAX {
             st.prune_timers(counters);
             // A failed commit leaves the timer in place: the deadline stays pending.
-            let (reply, t) = self.run(p, &mut st, Command::ExpireDue, now_ms)?;
-            if !matches!(reply, Reply::Expired) {
+            let ran = self.run(p, &mut st, Command::ExpireDue, now_ms)?;
+            if !matches!(ran.reply, Reply::Expired) {
                 break;
             }
-            ticket = t.or(ticket);
+            ticket = ran.ticket.or(ticket);
+            wake_at = wake_at.into_iter().chain(ran.wake_at).min();
             count += 1;
         }
         st.prune_timers(counters);
         let more = st.earliest_timer().is_some_and(|(d, _)| d <= now_ms);
+        drop(st);
+        self.wake_expiry_if_earlier(wake_at);
         Ok((count, ticket, more))
     }
 

@@ -20,10 +20,12 @@ use crate::season::{Schedule, Season};
 use crate::sync::{AtomicI64, Mutex};
 use crate::wal::{Durability, MissingRecords, Ticket, Wal};
 
+mod derived;
 mod expiry;
 mod ops;
 mod reads;
 
+use derived::{price_ranks, receipt_day_ranges};
 pub use reads::{EngineStats, ReservationFilter};
 
 /// The longest `Idempotency-Key` accepted, in bytes.
@@ -84,6 +86,14 @@ pub struct ReserveOutcome {
     /// True if and only if this was a retry with a known `Idempotency-Key` and nothing new was
     /// decided.
     pub replayed: bool,
+}
+
+/// What [`Engine::run`] did: the reply to read from the state, the ticket to wait on, and
+/// the new deadline to wake the expiry thread for once the shard's lock is dropped.
+struct Ran {
+    reply: Reply,
+    ticket: Option<Ticket>,
+    wake_at: Option<i64>,
 }
 
 /// The engine. Share it as `Arc<Engine>`; every method takes `&self`.
@@ -280,33 +290,51 @@ impl Engine {
     }
 
     /// Decides `command` on shard `p` (locked as `st`) and carries the decision out: logs and
-    /// applies its record, and reads the answer from the state. Returns the reply, whether it
-    /// was a retry's original answer, and the ticket to wait on.
+    /// applies its record, and reads the answer from the state. The caller wakes the expiry
+    /// thread for [`Ran::wake_at`] once it has dropped the shard's lock.
+    #[inline]
     fn run(
         &self,
         p: usize,
         st: &mut ShardState,
         command: Command<'_>,
         now_ms: i64,
-    ) -> Result<(Reply, Option<Ticket>), EngineError> {
+    ) -> Result<Ran, EngineError> {
         let secret = self.new_secret(p);
-        match decide(st, &self.ctx(), command, now_ms, secret)? {
-            Decision::Commit { record, reply } => {
-                let ticket = self.commit_decided(p, st, &record, now_ms)?;
-                Ok((reply, ticket))
+        // Matched without `?`: the decision is used where it was built, not moved first.
+        match decide(st, &self.ctx(), command, now_ms, secret) {
+            Err(refusal) => Err(refusal),
+            // The record is borrowed where `decide` built it: moving it out costs a copy.
+            Ok(Decision::Commit { ref record, reply }) => {
+                let ticket = self.commit_decided(p, st, record, now_ms)?;
+                Ok(Ran {
+                    reply,
+                    ticket,
+                    wake_at: record.new_deadline_ms(),
+                })
             }
-            Decision::CommitThenRefuse { record, refusal } => {
-                self.commit_decided(p, st, &record, now_ms)?;
+            Ok(Decision::CommitThenRefuse {
+                ref record,
+                refusal,
+            }) => {
+                self.commit_decided(p, st, record, now_ms)?;
+                // Rare (a deadline found passed by a request): wake under the lock rather
+                // than carry the deadline through the refusal.
+                self.wake_expiry_if_earlier(record.new_deadline_ms());
                 Err(refusal)
             }
             // What is staged may be the decision this request retries: it must be durable
             // before the answer leaves.
-            Decision::Answer(reply) => Ok((reply, self.ticket_for_staged(p))),
+            Ok(Decision::Answer(reply)) => Ok(Ran {
+                reply,
+                ticket: self.ticket_for_staged(p),
+                wake_at: None,
+            }),
         }
     }
 
-    /// Commits a decided record, counting expiries and waking the expiry thread for a new
-    /// earlier deadline.
+    /// Commits a decided record, counting expiries.
+    #[inline(always)]
     fn commit_decided(
         &self,
         p: usize,
@@ -329,48 +357,59 @@ impl Engine {
         if let Some(deadline_ms) = expired_deadline {
             self.note_expiry(now_ms - deadline_ms);
         }
-        self.wake_expiry_if_earlier(record.new_deadline_ms());
         Ok(ticket)
     }
 
     /// The reservation a reply names, as the state shows it, with whether nothing new was
-    /// decided.
-    fn reservation_reply(
+    /// decided, shaped by `answer`.
+    #[inline]
+    fn reservation_reply<T>(
         &self,
         st: &ShardState,
         reply: Reply,
-    ) -> Result<(ReservationView, bool), EngineError> {
+        answer: impl FnOnce(ReservationView, bool) -> T,
+    ) -> Result<T, EngineError> {
         match reply {
-            Reply::Reservation { slot, again } => Ok((
-                st.view(&self.catalog, slot)
-                    .ok_or(EngineError::ReservationNotFound)?,
-                again,
-            )),
-            Reply::Replayed(view) => Ok((view, true)),
+            Reply::Reservation { slot, again } => match st.view(&self.catalog, slot) {
+                Some(view) => Ok(answer(view, again)),
+                None => Err(EngineError::ReservationNotFound),
+            },
+            Reply::Replayed(view) => Ok(answer(view, true)),
             _ => Err(EngineError::IdempotencyKeyReused),
         }
     }
 
-    /// Runs a command that answers with a reservation, on shard `p`.
-    fn run_on_reservation(
+    /// Runs a command that answers with a reservation, on shard `p`; `answer` shapes the
+    /// reservation and whether nothing new was decided into the caller's type (built in
+    /// place: the answer is not copied from one shape into another).
+    #[inline]
+    fn run_on_reservation<T>(
         &self,
         p: usize,
         command: Command<'_>,
-    ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
-        let shard = self.shards.get(p).ok_or(EngineError::ReservationNotFound)?;
+        answer: impl FnOnce(ReservationView, bool) -> T,
+    ) -> Result<Committed<T>, EngineError> {
+        let Some(shard) = self.shards.get(p) else {
+            return Err(EngineError::ReservationNotFound);
+        };
         let now_ms = self.now_ms();
         let mut st = shard.state.lock();
-        let (reply, ticket) = self.run(p, &mut st, command, now_ms)?;
-        let value = self.reservation_reply(&st, reply)?;
-        Ok(Committed { value, ticket })
+        let ran = self.run(p, &mut st, command, now_ms)?;
+        let value = self.reservation_reply(&st, ran.reply, answer)?;
+        drop(st);
+        // After the lock: the rush's decisions do not queue behind the expiry thread's lock.
+        self.wake_expiry_if_earlier(ran.wake_at);
+        Ok(Committed {
+            value,
+            ticket: ran.ticket,
+        })
     }
 
     /// The shard of `holder`'s province.
     fn holder_shard(&self, holder: HolderIdx) -> Result<usize, EngineError> {
-        let h = self
-            .catalog
-            .holder_facts(holder)
-            .ok_or(EngineError::InvalidCredentials)?;
+        let Some(h) = self.catalog.holder_facts(holder) else {
+            return Err(EngineError::InvalidCredentials);
+        };
         Ok(usize::from(h.province))
     }
 
@@ -459,38 +498,6 @@ impl Engine {
             _ => Ok(()),
         }
     }
-}
-
-fn receipt_day_ranges(catalog: &Catalog) -> Vec<(i32, i32)> {
-    let mut ranges = vec![(i32::MAX, i32::MIN); catalog.provinces().len()];
-    for idx in 0..catalog.holder_count() as u32 {
-        if let Some(h) = catalog.holder_facts(HolderIdx(idx)) {
-            let range = &mut ranges[usize::from(h.province)];
-            range.0 = range.0.min(h.receipt_day);
-            range.1 = range.1.max(h.receipt_day);
-        }
-    }
-    ranges
-        .into_iter()
-        .map(|(a, b)| if a > b { (0, 0) } else { (a, b) })
-        .collect()
-}
-
-/// Each caravan's price group as its rank among the catalog's distinct price groups in sorted
-/// order (`A` 0, `B` 1, ...), so the distance between two groups is a difference of ranks.
-fn price_ranks(catalog: &Catalog) -> Vec<u32> {
-    let mut groups: Vec<&str> = catalog
-        .caravans()
-        .iter()
-        .map(|c| c.price_group.as_str())
-        .collect();
-    groups.sort_unstable();
-    groups.dedup();
-    catalog
-        .caravans()
-        .iter()
-        .map(|c| groups.binary_search(&c.price_group.as_str()).unwrap_or(0) as u32)
-        .collect()
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

@@ -25,27 +25,22 @@ impl Engine {
         idempotency_key: Option<&[u8]>,
     ) -> Result<Committed<ReserveOutcome>, EngineError> {
         let p = self.holder_shard(holder)?;
-        self.catalog
-            .caravans()
-            .get(caravan.index())
-            .ok_or(EngineError::CaravanNotFound)?;
+        if self.catalog.caravans().get(caravan.index()).is_none() {
+            return Err(EngineError::CaravanNotFound);
+        }
         let key = checked_key(idempotency_key)?;
-        let done = self.run_on_reservation(
+        self.run_on_reservation(
             p,
             Command::Reserve {
                 holder,
                 caravan,
                 key,
             },
-        )?;
-        let (reservation, replayed) = done.value;
-        Ok(Committed {
-            value: ReserveOutcome {
+            |reservation, replayed| ReserveOutcome {
                 reservation,
                 replayed,
             },
-            ticket: done.ticket,
-        })
+        )
     }
 
     /// Cancels the holder's reservation `id` (declines it, if it is an offer); its seat goes
@@ -73,7 +68,7 @@ impl Engine {
     ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
         let key = checked_key(idempotency_key)?;
         let p = self.holder_shard(holder)?;
-        self.run_on_reservation(p, Command::Cancel { holder, id, key })
+        self.run_on_reservation(p, Command::Cancel { holder, id, key }, |v, r| (v, r))
     }
 
     /// Accepts the waiting-list offer `id` of `holder`: it becomes a hold at the first stage.
@@ -96,7 +91,7 @@ impl Engine {
     ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
         let key = checked_key(idempotency_key)?;
         let p = self.holder_shard(holder)?;
-        self.run_on_reservation(p, Command::Accept { holder, id, key })
+        self.run_on_reservation(p, Command::Accept { holder, id, key }, |v, r| (v, r))
     }
 
     /// Applies an operator's event to reservation `id`: completes the pending stage (the last
@@ -120,7 +115,11 @@ impl Engine {
         idempotency_key: Option<&[u8]>,
     ) -> Result<Committed<(ReservationView, bool)>, EngineError> {
         let key = checked_key(idempotency_key)?;
-        self.run_on_reservation(usize::from(id.shard), Command::Event { id, event, key })
+        self.run_on_reservation(
+            usize::from(id.shard),
+            Command::Event { id, event, key },
+            |v, r| (v, r),
+        )
     }
 
     /// Puts `holder` on their province's waiting list (or reports their place if already
@@ -145,8 +144,9 @@ impl Engine {
         let p = self.holder_shard(holder)?;
         let now_ms = self.now_ms();
         let mut st = self.shards[p].state.lock();
-        let (reply, ticket) = self.run(p, &mut st, Command::Join { holder, key }, now_ms)?;
-        let (position, replayed) = match reply {
+        let ran = self.run(p, &mut st, Command::Join { holder, key }, now_ms)?;
+        let ticket = ran.ticket;
+        let (position, replayed) = match ran.reply {
             Reply::PlaceReplayed(position) => (position, true),
             _ => (st.waitlist.position(holder).unwrap_or(0), false),
         };
@@ -154,6 +154,8 @@ impl Engine {
             province: st.province,
             position,
         };
+        drop(st);
+        self.wake_expiry_if_earlier(ran.wake_at);
         Ok(Committed {
             value: (place, replayed),
             ticket,

@@ -6,7 +6,7 @@ use crate::catalog::{CaravanIdx, HolderFacts, HolderIdx, ReceiptStatus, SlotIdx}
 use crate::error::EngineError;
 use crate::model::{EndReason, OperatorEvent, ReservationId, ReservationView, Status};
 use crate::record::{KeyOp, KeyUse, Offer, Record};
-use crate::season::{NotEligible, Schedule, Stage, Wave, WaveOrder};
+use crate::season::{NotEligible, ProvinceCalls, Schedule, Stage, Wave, WaveOrder};
 
 use super::Ctx;
 use super::state::{KeyAnswer, KeyedOp, ShardState};
@@ -86,6 +86,7 @@ pub(crate) enum Reply {
 /// random part of a reservation id, used if and only if the decision creates a reservation
 /// (a reserve, or an offer of a freed seat). Returns the refusal, changing nothing, when the
 /// command cannot be granted.
+#[inline]
 pub(crate) fn decide(
     st: &ShardState,
     ctx: &Ctx<'_>,
@@ -116,12 +117,15 @@ pub(crate) fn decide(
     }
 }
 
+#[inline]
 fn facts<'c>(ctx: &Ctx<'c>, holder: HolderIdx) -> Result<HolderFacts, EngineError> {
-    ctx.catalog
-        .holder_facts(holder)
-        .ok_or(EngineError::InvalidCredentials)
+    match ctx.catalog.holder_facts(holder) {
+        Some(h) => Ok(h),
+        None => Err(EngineError::InvalidCredentials),
+    }
 }
 
+#[inline]
 fn reserve(
     st: &ShardState,
     ctx: &Ctx<'_>,
@@ -132,11 +136,9 @@ fn reserve(
     secret: u128,
 ) -> Result<Decision, EngineError> {
     let h = facts(ctx, holder)?;
-    let c = ctx
-        .catalog
-        .caravans()
-        .get(caravan.index())
-        .ok_or(EngineError::CaravanNotFound)?;
+    let Some(c) = ctx.catalog.caravans().get(caravan.index()) else {
+        return Err(EngineError::CaravanNotFound);
+    };
     if let Some((at_ms, answer)) =
         key_replay(st, ctx, h.local, key, KeyedOp::Reserve { caravan }, now_ms)?
     {
@@ -151,7 +153,7 @@ fn reserve(
     if c.province != h.province || c.city != h.city {
         return Err(EngineError::ProvinceMismatch);
     }
-    check_schedule(&st.schedule, ctx, &h, now_ms)?;
+    check_schedule(&st.calls, &h, now_ms)?;
     check_first_registration(st, h.local)?;
     if st.seats_free(ctx, caravan) == 0 {
         return Err(EngineError::CaravanFull {
@@ -324,7 +326,7 @@ fn join(
     if st.waitlist.contains(holder) {
         return Ok(Decision::Answer(Reply::Place));
     }
-    check_schedule(&st.schedule, ctx, &h, now_ms)?;
+    check_schedule(&st.calls, &h, now_ms)?;
     check_first_registration(st, h.local)?;
     let alternatives = alternatives(st, ctx, h.city, CaravanIdx::MAX, holder);
     if !alternatives.is_empty() {
@@ -418,6 +420,7 @@ fn end_record(
 /// If `key` (non-empty) was used by the holder with local index `local` and is still retained:
 /// `Ok(Some(original answer))` if it was used for `op`, and
 /// [`EngineError::IdempotencyKeyReused`] if for anything else. `Ok(None)` for a new key or none.
+#[inline]
 fn key_replay(
     st: &ShardState,
     ctx: &Ctx<'_>,
@@ -493,15 +496,9 @@ fn check_first_registration(st: &ShardState, local: u32) -> Result<(), EngineErr
     }
 }
 
-fn check_schedule(
-    schedule: &Schedule,
-    ctx: &Ctx<'_>,
-    h: &HolderFacts,
-    now_ms: i64,
-) -> Result<(), EngineError> {
-    let province_id = ctx.catalog.provinces()[usize::from(h.province)].id;
-    schedule
-        .eligibility(province_id, h.receipt_day, now_ms)
+fn check_schedule(calls: &ProvinceCalls, h: &HolderFacts, now_ms: i64) -> Result<(), EngineError> {
+    calls
+        .eligibility(h.receipt_day, now_ms)
         .map_err(|why| match why {
             NotEligible::NotOpen { opens_at_ms } => {
                 EngineError::RegistrationNotOpen { opens_at_ms }

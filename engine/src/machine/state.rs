@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use crate::catalog::{CaravanIdx, Catalog, HolderIdx, ProvinceIdx, SlotIdx};
 use crate::model::{Reservation, ReservationId, ReservationView, Status};
 use crate::record::{KeyOp, KeyUse, Offer, Record};
-use crate::season::Schedule;
+use crate::season::{ProvinceCalls, Schedule};
 use crate::sync::{AtomicI64, AtomicU32, Mutex};
 use crate::waitlist::{WaitKey, Waitlist};
 
@@ -108,7 +108,10 @@ pub(crate) struct ShardImage {
 #[derive(Debug)]
 pub(crate) struct ShardState {
     pub province: ProvinceIdx,
+    /// Set only through [`ShardState::set_schedule`], which keeps `calls` derived from it.
     pub schedule: Arc<Schedule>,
+    /// The schedule as this province sees it, for the check every reservation makes.
+    pub calls: ProvinceCalls,
     /// Live reservations per caravan (local index): never above its capacity.
     pub occupied: Vec<u32>,
     /// Every reservation of the province, at the slot its id names.
@@ -144,9 +147,11 @@ impl Shard {
             .map(|&c| catalog.caravans()[c.index()].capacity)
             .fold(0u32, u32::saturating_add);
         let holders = catalog.province_holder_count(province);
+        let calls = schedule.province_calls(province_public_id(catalog, province));
         let state = ShardState {
             province,
             schedule,
+            calls,
             occupied: vec![0; caravans.len()],
             // Sized for the province's seats taken twice over, so the rush does not regrow.
             reservations: Vec::with_capacity(total as usize * 2),
@@ -171,7 +176,21 @@ impl Shard {
     }
 }
 
+/// The public id of province `p` (0 for an index the catalog does not have: no wave names it).
+fn province_public_id(catalog: &Catalog, p: ProvinceIdx) -> u32 {
+    catalog
+        .provinces()
+        .get(usize::from(p))
+        .map_or(0, |pr| pr.id)
+}
+
 impl ShardState {
+    /// Replaces the schedule and what this province derives from it.
+    pub fn set_schedule(&mut self, catalog: &Catalog, schedule: Arc<Schedule>) {
+        self.calls = schedule.province_calls(province_public_id(catalog, self.province));
+        self.schedule = schedule;
+    }
+
     /// The holder's live reservation index, if any.
     pub fn live_of(&self, local: u32) -> Option<SlotIdx> {
         let idx = *self.latest.get(local as usize)?;
@@ -492,9 +511,12 @@ impl ShardState {
                 }
             }
             Record::Schedule { waves, .. } => {
-                self.schedule = Arc::new(Schedule {
-                    waves: waves.clone(),
-                });
+                self.set_schedule(
+                    ctx.catalog,
+                    Arc::new(Schedule {
+                        waves: waves.clone(),
+                    }),
+                );
             }
         }
         Ok(())

@@ -60,7 +60,7 @@ enum Command {
         opens_at: Option<String>,
     },
     /// Recover from the data directory and serve the HTTP API (see README).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// The whole story on one machine: generate the data set, open a wave, rush it from many
     /// threads, let deadlines expire, crash, recover from the log, check every invariant, and
     /// print a report.

@@ -387,7 +387,8 @@ async fn watch_fail_stop(
 
 /// The data directory's storage. Debug builds (the tests' builds) can be told to make every
 /// fsync fail once a trigger file exists (`MIQAT_DEBUG_FAIL_FSYNC_WHEN=PATH`), to test
-/// fail-stop on a real process; release builds have no such hook.
+/// fail-stop on a real process (the file is removed once armed); release builds have no such
+/// hook.
 fn open_storage(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Storage>> {
     let storage: Arc<dyn Storage> = Arc::new(DirStorage::open(data_dir)?);
     #[cfg(debug_assertions)]
@@ -402,6 +403,8 @@ fn open_storage(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Storage>> 
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 armed.fail_sync(1, miqat_engine::wal::FaultMode::Persistent);
+                // Removing the trigger tells the test that the fault is armed.
+                let _ = std::fs::remove_file(&trigger);
             })?;
         return Ok(Arc::new(faulty));
     }

@@ -167,6 +167,11 @@ async fn the_access_log_gives_every_answer_a_request_id() {
     );
 }
 
+async fn reserve_via(router: &Router, h: &Holder) -> Resp {
+    let body = reserve_body(h, "a1");
+    send(router, Method::POST, "/v1/reservations", &[], Some(&body)).await
+}
+
 /// After an fsync error the engine acknowledges nothing (fail-stop); `/readyz` must say so
 /// at once, so that load balancers stop sending and the supervisor restarts the process.
 #[tokio::test]
@@ -187,25 +192,11 @@ async fn readyz_answers_503_once_the_log_has_failed() {
     let router = app(state.clone());
     let ready = send(&router, Method::GET, "/readyz", &[], None).await;
     assert_eq!(ready.status, StatusCode::OK);
-    let r = send(
-        &router,
-        Method::POST,
-        "/v1/reservations",
-        &[],
-        Some(&reserve_body(&a(0), "a1")),
-    )
-    .await;
+    let r = reserve_via(&router, &a(0)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 
     faulty.fail_sync(1, FaultMode::Once);
-    let r = send(
-        &router,
-        Method::POST,
-        "/v1/reservations",
-        &[],
-        Some(&reserve_body(&a(1), "a1")),
-    )
-    .await;
+    let r = reserve_via(&router, &a(1)).await;
     assert_problem(&r, StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
     assert!(state.log_failure().is_some());
     let r = send(&router, Method::GET, "/readyz", &[], None).await;

@@ -7,13 +7,32 @@ mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 use miqat_engine::datagen::{GenConfig, generate};
 
+/// The version `--version` prints: the package's, and the git revision it was built from
+/// (`unknown` outside a git checkout; see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("MIQAT_GIT_REVISION"),
+    ")"
+);
+
+/// Whether log lines are JSON objects (`miqat serve --log-format json`).
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Returns true if and only if the process logs one JSON object per line: then every line
+/// for the operator goes through `tracing`, never plain `eprintln!`.
+pub(crate) fn json_logs() -> bool {
+    JSON_LOGS.load(Ordering::Relaxed)
+}
+
 /// Miqat: the registration-rush engine for Hajj caravan seats.
 #[derive(Parser, Debug)]
-#[command(name = "miqat", version, about)]
+#[command(name = "miqat", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +60,7 @@ enum Command {
         opens_at: Option<String>,
     },
     /// Recover from the data directory and serve the HTTP API (see README).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// The whole story on one machine: generate the data set, open a wave, rush it from many
     /// threads, let deadlines expire, crash, recover from the log, check every invariant, and
     /// print a report.
@@ -71,7 +90,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
-        logs.json().init();
+        JSON_LOGS.store(true, Ordering::Relaxed);
+        // One object per line, the message among the fields, so every line parses alone.
+        logs.json().flatten_event(true).init();
+        tracing::info!(target: "miqat", version = VERSION, "starting");
     } else {
         logs.init();
     }
@@ -102,6 +124,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json_logs() => {
+            tracing::error!(target: "miqat", error = format!("{e:#}"), "exiting with an error");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("miqat: error: {e:#}");
             ExitCode::FAILURE

@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use miqat_api::client_ip::IpBlock;
+use miqat_api::cors::CorsPolicy;
 use miqat_api::limits::Rate;
 use miqat_api::server::{ServeOptions, serve};
-use miqat_api::{ApiConfig, AppState, app};
+use miqat_api::{ApiConfig, AppState, admin_app, app, public_app};
 use miqat_engine::clock::SystemClock;
 use miqat_engine::load::{load_catalog, load_season};
-use miqat_engine::wal::{DirStorage, Durability, MissingRecords};
+use miqat_engine::wal::{DirStorage, Durability, MissingRecords, Storage};
 use miqat_engine::{Engine, EngineConfig};
+use tokio::sync::watch;
 
 /// Options of `miqat serve`; every one also reads an environment variable.
 #[derive(clap::Args, Debug, Clone)]
@@ -70,11 +73,54 @@ pub struct ServeArgs {
     /// expire holds early nor keep them past their deadline.
     #[arg(long, env = "MIQAT_CLOCK_STEP_TOLERANCE_MS", default_value_t = miqat_engine::clock::STEP_TOLERANCE_MS_DEFAULT)]
     pub clock_step_tolerance_ms: i64,
-    /// The operator's bearer token for `/v1/admin/*` and reservation events. Prefer the
-    /// environment variable: a command-line value is visible to other local users. Without
-    /// it, the operator endpoints answer 401.
+    /// The operator's bearer token for `/v1/admin/*` and reservation events. Prefer
+    /// `--operator-token-file` or the environment variable: a command-line value is visible
+    /// to other local users. Without a token, the operator endpoints answer 401.
     #[arg(long, env = "MIQAT_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
+    /// A file holding the operator's token (surrounding whitespace ignored), e.g. a container
+    /// or systemd secret. Cannot be combined with `--operator-token`.
+    #[arg(
+        long,
+        env = "MIQAT_OPERATOR_TOKEN_FILE",
+        conflicts_with = "operator_token"
+    )]
+    pub operator_token_file: Option<PathBuf>,
+    /// Serve `/metrics` and `/v1/admin/*` on this address instead of the public one (they
+    /// then answer 404 there); health and `/openapi.json` are on both.
+    #[arg(long, env = "MIQAT_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Browser origins allowed to call the API (CORS), e.g. `https://hajj.example.ir`;
+    /// repeat the flag or separate with commas. None by default: browsers on other origins
+    /// are refused by their own same-origin rule.
+    #[arg(
+        long = "cors-origin",
+        env = "MIQAT_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Reverse proxies (address or CIDR block; repeat or separate with commas) whose
+    /// `X-Forwarded-For` names the client for the per-client rate limit and the access log.
+    /// None by default: the header is ignored.
+    #[arg(
+        long = "trusted-proxy",
+        env = "MIQAT_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<IpBlock>,
+    /// Log one line per request (target `miqat::access`) with a request id, also sent back
+    /// in `X-Request-Id`.
+    #[arg(long, env = "MIQAT_ACCESS_LOG")]
+    pub access_log: bool,
+    /// Seconds SIGTERM waits for open connections to finish their requests before the log is
+    /// flushed and the process exits (keep the supervisor's stop timeout above it).
+    #[arg(long, env = "MIQAT_DRAIN_TIMEOUT_SECS", default_value_t = 30.0, value_parser = positive_seconds)]
+    pub drain_timeout_secs: f64,
+    /// After the write-ahead log fails (fail-stop: nothing is acknowledged any more), seconds
+    /// during which `/readyz` answers 503 so load balancers move away, before the server
+    /// drains and exits with status 1 for its supervisor to restart it.
+    #[arg(long, env = "MIQAT_FAIL_STOP_GRACE_SECS", default_value_t = 5.0, value_parser = positive_seconds)]
+    pub fail_stop_grace_secs: f64,
     /// Start even if recovery proves that records which were durable once are gone (a lost
     /// snapshot, a damaged last record). The loss is logged at error level and a snapshot is
     /// taken at once. Without it, such a start is refused with the evidence.
@@ -109,7 +155,7 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
                 "DURABILITY IS OFF (--durability none): acknowledged reservations can be lost \
                  on a crash. For benchmarks only."
             );
-            eprintln!("miqat: WARNING: --durability none: acknowledgements are NOT durable");
+            say("WARNING: --durability none: acknowledgements are NOT durable");
             Durability::None
         }
         _ => Durability::Fsync,
@@ -123,30 +169,24 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.catalog.join("season.toml"));
     let season = load_season(&season_path, &catalog)?;
-    let token = args.operator_token.clone().filter(|t| !t.is_empty());
-    if token.is_none() {
-        tracing::warn!("MIQAT_OPERATOR_TOKEN is not set: operator endpoints answer 401");
-    }
-    let config = ApiConfig {
-        operator_token: token,
-        max_in_flight: args.max_in_flight,
-        per_holder: Rate {
-            per_second: args.holder_rate,
-            burst: args.holder_burst,
-        },
-        per_client: Rate {
-            per_second: args.client_rate,
-            burst: args.client_burst,
-        },
-        ..ApiConfig::default()
-    };
+    let config = api_config(&args)?;
     let state = AppState::new(Arc::clone(&catalog), config, Some(metrics));
     let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    let admin_listener = match args.admin_listen {
+        Some(addr) => Some(listen(addr).with_context(|| format!("listening (admin) on {addr}"))?),
+        None => None,
+    };
     tracing::info!(listen = %args.listen, "listening; recovering");
-    eprintln!("miqat: listening on http://{}", listener.local_addr()?);
+    say(&format!("listening on http://{}", listener.local_addr()?));
+    if let Some(admin) = &admin_listener {
+        say(&format!(
+            "serving /metrics and /v1/admin on http://{} only",
+            admin.local_addr()?
+        ));
+    }
 
     // Recovery runs off the runtime: /healthz answers meanwhile, /readyz says 503.
-    let storage = Arc::new(DirStorage::open(&args.data_dir)?);
+    let storage = open_storage(&args.data_dir)?;
     let missing_records = if args.accept_missing_records {
         tracing::warn!(
             "--accept-missing-records: recovery may start without records it can prove are gone"
@@ -172,15 +212,42 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
             )
         })
     };
-    let router = app(state.clone());
     let options = ServeOptions {
         request_read_timeout: Duration::from_secs_f64(args.request_read_timeout_secs),
         idle_timeout: Duration::from_secs_f64(args.idle_timeout_secs),
         connections_per_client_max: args.connections_per_client_max,
         connections_max: args.connections_max,
-        ..ServeOptions::default()
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout_secs),
     };
-    let server = tokio::spawn(serve(listener, router, options, shutdown_signal()));
+    let (stop_tx, stop_rx) = watch::channel(None::<Stop>);
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = Arc::clone(&stop_tx);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop_tx.send_if_modified(|stop| stop.get_or_insert(Stop::Signal) == &Stop::Signal);
+        });
+    }
+    let mut servers = Vec::new();
+    let public_router = if admin_listener.is_some() {
+        public_app(state.clone())
+    } else {
+        app(state.clone())
+    };
+    servers.push(tokio::spawn(serve(
+        listener,
+        public_router,
+        options,
+        stopped(stop_rx.clone()),
+    )));
+    if let Some(admin) = admin_listener {
+        servers.push(tokio::spawn(serve(
+            admin,
+            admin_app(state.clone()),
+            options,
+            stopped(stop_rx.clone()),
+        )));
+    }
     let (engine, report) = recovering.await.context("recovery task")??;
     let expiry = engine.spawn_expiry_thread(Duration::from_millis(100))?;
     tracing::info!(
@@ -189,24 +256,169 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         elapsed_ms = report.elapsed_ms,
         "ready"
     );
-    eprintln!(
-        "miqat: ready ({} records replayed in {} ms)",
+    say(&format!(
+        "ready ({} records replayed in {} ms)",
         report.records_replayed, report.elapsed_ms
-    );
+    ));
     if let Some(loss) = &report.accepted_loss {
-        eprintln!("miqat: STARTED WITHOUT RECORDS THAT WERE ONCE DURABLE: {loss}");
+        say(&format!(
+            "STARTED WITHOUT RECORDS THAT WERE ONCE DURABLE: {loss}"
+        ));
     }
     state.set_engine(Arc::clone(&engine));
-    server.await.context("server task")??;
-    eprintln!("miqat: draining done; flushing the log");
+    tokio::spawn(watch_fail_stop(
+        Arc::clone(&engine),
+        Duration::from_secs_f64(args.fail_stop_grace_secs),
+        Arc::clone(&stop_tx),
+    ));
+    for server in servers {
+        server.await.context("server task")??;
+    }
+    if let Some(Stop::LogFailed(cause)) = stop_rx.borrow().clone() {
+        engine.stop();
+        let _ = expiry.join();
+        anyhow::bail!(
+            "the write-ahead log failed ({cause}); exiting so that a supervisor restarts the \
+             server (recovery keeps every acknowledged decision)"
+        );
+    }
+    say("draining done; flushing the log");
     let shutdown = tokio::task::spawn_blocking(move || {
         let result = engine.shutdown();
         let _ = expiry.join();
         result
     });
     shutdown.await.context("shutdown task")??;
-    eprintln!("miqat: stopped cleanly");
+    say("stopped cleanly");
     Ok(())
+}
+
+/// The API's configuration from the command line.
+fn api_config(args: &ServeArgs) -> anyhow::Result<ApiConfig> {
+    let token = match &args.operator_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the operator token file {}", path.display()))?;
+            let token = text.trim().to_owned();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "the operator token file {} is empty",
+                path.display()
+            );
+            Some(token)
+        }
+        None => args.operator_token.clone().filter(|t| !t.is_empty()),
+    };
+    if token.is_none() {
+        tracing::warn!(
+            "no operator token (MIQAT_OPERATOR_TOKEN or MIQAT_OPERATOR_TOKEN_FILE): operator \
+             endpoints answer 401"
+        );
+    }
+    let cors =
+        CorsPolicy::new(&args.cors_origins).map_err(|e| anyhow::anyhow!("--cors-origin: {e}"))?;
+    Ok(ApiConfig {
+        operator_token: token,
+        max_in_flight: args.max_in_flight,
+        per_holder: Rate {
+            per_second: args.holder_rate,
+            burst: args.holder_burst,
+        },
+        per_client: Rate {
+            per_second: args.client_rate,
+            burst: args.client_burst,
+        },
+        cors,
+        trusted_proxies: args.trusted_proxies.clone(),
+        access_log: args.access_log,
+        ..ApiConfig::default()
+    })
+}
+
+/// Why the servers stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM or SIGINT: drain, flush, exit 0.
+    Signal,
+    /// The log failed: drain and exit 1 without a final snapshot (it could not be written).
+    LogFailed(String),
+}
+
+/// Resolves once a stop is decided.
+async fn stopped(mut stop: watch::Receiver<Option<Stop>>) {
+    let _ = stop.wait_for(Option::is_some).await;
+}
+
+/// How often the server looks whether the log failed. A failed log is seen at once by every
+/// request that needs it; this only bounds how soon `/readyz`'s grace period starts counting.
+const FAIL_STOP_POLL: Duration = Duration::from_millis(200);
+
+/// Waits for the log to fail, then, after `grace` (during which `/readyz` answers 503), asks
+/// the servers to stop with [`Stop::LogFailed`].
+async fn watch_fail_stop(
+    engine: Arc<Engine>,
+    grace: Duration,
+    stop: Arc<watch::Sender<Option<Stop>>>,
+) {
+    let cause = loop {
+        if let Some(cause) = engine.log_failure() {
+            break cause;
+        }
+        if stop.borrow().is_some() {
+            return;
+        }
+        tokio::time::sleep(FAIL_STOP_POLL).await;
+    };
+    tracing::error!(
+        cause = %cause,
+        grace_secs = grace.as_secs_f64(),
+        "the write-ahead log failed: /readyz answers 503; exiting after the grace period"
+    );
+    tokio::time::sleep(grace).await;
+    stop.send_if_modified(|current| {
+        if current.is_none() {
+            *current = Some(Stop::LogFailed(cause));
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// The data directory's storage. Debug builds (the tests' builds) can be told to make every
+/// fsync fail once a trigger file exists (`MIQAT_DEBUG_FAIL_FSYNC_WHEN=PATH`), to test
+/// fail-stop on a real process (the file is removed once armed); release builds have no such
+/// hook.
+fn open_storage(data_dir: &std::path::Path) -> anyhow::Result<Arc<dyn Storage>> {
+    let storage: Arc<dyn Storage> = Arc::new(DirStorage::open(data_dir)?);
+    #[cfg(debug_assertions)]
+    if let Some(trigger) = std::env::var_os("MIQAT_DEBUG_FAIL_FSYNC_WHEN") {
+        let faulty = miqat_engine::wal::FaultyStorage::new(storage);
+        let armed = faulty.clone();
+        let trigger = PathBuf::from(trigger);
+        std::thread::Builder::new()
+            .name("miqat-fault".into())
+            .spawn(move || {
+                while !trigger.exists() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                armed.fail_sync(1, miqat_engine::wal::FaultMode::Persistent);
+                // Removing the trigger tells the test that the fault is armed.
+                let _ = std::fs::remove_file(&trigger);
+            })?;
+        return Ok(Arc::new(faulty));
+    }
+    Ok(storage)
+}
+
+/// A line for the operator: plain `miqat: ...` on stderr with the text log format, a log
+/// event (one JSON object per line) with the JSON format.
+pub(crate) fn say(line: &str) {
+    if crate::json_logs() {
+        tracing::info!(target: "miqat", "{line}");
+    } else {
+        eprintln!("miqat: {line}");
+    }
 }
 
 /// Connections the kernel may hold completed but not yet accepted. At the opening thousands

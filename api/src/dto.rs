@@ -57,14 +57,17 @@ pub struct Reservation {
     /// The pending stage while held: `documents`, `first_payment`, `medical`, `final_payment`.
     pub stage: Option<&'static str>,
     /// The deadline of the pending stage or offer (RFC 3339 UTC).
+    #[schema(format = DateTime)]
     pub deadline: Option<String>,
     /// The same deadline in Tehran wall clock, Jalali.
     pub deadline_jalali: Option<String>,
     /// When it was made (RFC 3339 UTC).
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// The same instant in Tehran wall clock, Jalali.
     pub created_at_jalali: String,
     /// When it last changed (RFC 3339 UTC).
+    #[schema(format = DateTime)]
     pub updated_at: String,
     /// The same instant in Tehran wall clock, Jalali.
     pub updated_at_jalali: String,

@@ -75,6 +75,8 @@ pub enum ApiError {
     Overloaded(u64),
     /// 503: recovery is still running.
     NotReady,
+    /// 503 (`/readyz`): the write-ahead log failed with this cause; the process is exiting.
+    Stopped(String),
     /// A refusal (or failure) of the engine, with caravan summaries already resolved.
     Engine(EngineError, Option<Vec<CaravanSummary>>),
 }
@@ -184,6 +186,18 @@ impl ApiError {
                     "recovery is still running",
                 );
                 retry_after = Some(1);
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Stopped(cause) => {
+                set(
+                    &mut p,
+                    "Not ready",
+                    "not_ready",
+                    &format!(
+                        "the write-ahead log failed ({cause}): nothing is acknowledged any more \
+                         and the process exits to be restarted"
+                    ),
+                );
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Engine(e, alternatives) => {
@@ -330,3 +344,133 @@ impl IntoResponse for ApiError {
 /// The `code` of an error response, left in the response's extensions for metrics and logs.
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorCode(pub &'static str);
+
+/// Every `code` a problem document can carry: the enum of the OpenAPI document's
+/// `Problem.code`, so that generated clients can branch on it. A test checks that every error
+/// the API can build is listed.
+pub const ERROR_CODES: &[&str] = &[
+    "malformed_request",
+    "invalid_field",
+    "invalid_credentials",
+    "unauthorized",
+    "registration_not_open",
+    "receipt_needs_conversion",
+    "not_called",
+    "province_mismatch",
+    "not_found",
+    "province_not_found",
+    "caravan_not_found",
+    "reservation_not_found",
+    "not_waiting",
+    "method_not_allowed",
+    "request_timeout",
+    "caravan_full",
+    "already_reserved",
+    "invalid_transition",
+    "seats_available",
+    "registration_ended",
+    "idempotency_key_reused",
+    "schedule_out_of_order",
+    "body_too_large",
+    "rate_limited",
+    "internal_error",
+    "overloaded",
+    "not_ready",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use miqat_engine::model::{ReservationId, Status};
+
+    /// One error of every kind the API builds; a new variant must be added here (the match
+    /// below does not compile otherwise).
+    fn every_error() -> Vec<ApiError> {
+        let reservation =
+            ReservationId::parse(&"0".repeat(ReservationId::TEXT_LEN)).expect("a reservation id");
+        let engine_errors = vec![
+            EngineError::InvalidCredentials,
+            EngineError::ReceiptNeedsConversion,
+            EngineError::RegistrationNotOpen { opens_at_ms: None },
+            EngineError::NotCalled,
+            EngineError::ProvinceMismatch,
+            EngineError::CaravanNotFound,
+            EngineError::ReservationNotFound,
+            EngineError::CaravanFull {
+                alternatives: Vec::new(),
+            },
+            EngineError::IdempotencyKeyReused,
+            EngineError::SeatsAvailable {
+                alternatives: Vec::new(),
+            },
+            EngineError::InvalidField {
+                field: "f",
+                message: "m".into(),
+            },
+            EngineError::ScheduleOutOfOrder {
+                message: "m".into(),
+            },
+            EngineError::AlreadyReserved { reservation },
+            EngineError::RegistrationEnded { reservation },
+            EngineError::InvalidTransition {
+                status: Status::Expired,
+                detail: "d".into(),
+            },
+            EngineError::Overloaded,
+            EngineError::LogFailed("disk".into()),
+            EngineError::Config("c".into()),
+            EngineError::Recovery("r".into()),
+        ];
+        let mut errors: Vec<ApiError> = engine_errors.into_iter().map(ApiError::from).collect();
+        errors.extend([
+            ApiError::Malformed("x".into()),
+            ApiError::InvalidField {
+                field: "f".into(),
+                message: "m".into(),
+            },
+            ApiError::Unauthorized,
+            ApiError::MethodNotAllowed,
+            ApiError::BodyTooLarge(1),
+            ApiError::RequestTimeout(1),
+            ApiError::RateLimited(1),
+            ApiError::Overloaded(1),
+            ApiError::NotReady,
+            ApiError::Stopped("disk".into()),
+        ]);
+        for code in ["not_found", "province_not_found", "not_waiting"] {
+            errors.push(ApiError::NotFound(code, String::new()));
+        }
+        for e in &errors {
+            // Exhaustive: a new variant fails to compile until it is listed above.
+            match e {
+                ApiError::Malformed(_)
+                | ApiError::InvalidField { .. }
+                | ApiError::Unauthorized
+                | ApiError::NotFound(..)
+                | ApiError::MethodNotAllowed
+                | ApiError::BodyTooLarge(_)
+                | ApiError::RequestTimeout(_)
+                | ApiError::RateLimited(_)
+                | ApiError::Overloaded(_)
+                | ApiError::NotReady
+                | ApiError::Stopped(_)
+                | ApiError::Engine(..) => {}
+            }
+        }
+        errors
+    }
+
+    #[test]
+    fn every_code_sent_is_in_the_documented_enum() {
+        let errors = every_error();
+        assert!(errors.len() >= 30, "{}", errors.len());
+        for e in &errors {
+            assert!(
+                ERROR_CODES.contains(&e.code()),
+                "{:?} sends code {:?}, missing from ERROR_CODES",
+                e,
+                e.code()
+            );
+        }
+    }
+}

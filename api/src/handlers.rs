@@ -184,6 +184,7 @@ pub async fn provinces(State(state): State<AppState>) -> Result<Json<Vec<Provinc
 
 /// Filters of the caravan list.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CaravanQuery {
     /// Only caravans of this city.
@@ -562,6 +563,7 @@ pub async fn event(
 
 /// Filters and paging of the operator's reservation list.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AdminQuery {
     /// Province id.
@@ -706,6 +708,7 @@ pub async fn admin_stats(
 
 /// Options of `PUT /v1/admin/waves`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WavesQuery {
     /// `true`: accept a schedule in which, in some province, a wave with a wider cutoff opens
@@ -785,20 +788,25 @@ pub async fn replace_waves(
 
 /// `GET /healthz`: the process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "The process is up", body = String)))]
+    responses((status = 200, description = "The process is up", body = String,
+        content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: recovery is done and requests are accepted.
+/// `GET /readyz`: recovery is done, requests are accepted and the log works.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready", body = String),
-        (status = 503, description = "Recovery still running", body = Problem)))]
+    responses((status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "`not_ready`: recovery still running, or the write-ahead log \
+            failed (fail-stop: nothing is acknowledged any more and the process exits after \
+            its grace period so that a supervisor restarts it)", body = Problem)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.engine().is_ok() {
-        "ready\n".into_response()
-    } else {
-        ApiError::NotReady.into_response()
+    if state.engine().is_err() {
+        return ApiError::NotReady.into_response();
+    }
+    match state.log_failure() {
+        None => "ready\n".into_response(),
+        Some(cause) => ApiError::Stopped(cause).into_response(),
     }
 }
 

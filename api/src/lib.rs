@@ -6,7 +6,10 @@
 //! the catalog at once and the engine once recovery is done ([`AppState::set_engine`]): until
 //! then `/readyz` and every `/v1` route answer 503.
 
+pub mod access_log;
 pub mod cache;
+pub mod client_ip;
+pub mod cors;
 pub mod dto;
 pub mod error;
 pub mod handlers;
@@ -22,12 +25,15 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use miqat_engine::Engine;
 use miqat_engine::catalog::{Catalog, ProvinceIdx};
 
+use crate::access_log::AccessLog;
 use crate::cache::CaravanListCache;
+use crate::client_ip::IpBlock;
+use crate::cors::CorsPolicy;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::{Admission, KeyedLimiter, Rate, retry_after_seconds};
 
@@ -47,6 +53,14 @@ pub struct ApiConfig {
     pub per_client: Rate,
     /// How stale a cached caravan list may be.
     pub list_max_age: Duration,
+    /// Browser origins allowed to call the API (CORS); empty (the default): none, and no
+    /// CORS work at all.
+    pub cors: CorsPolicy,
+    /// Reverse proxies whose `X-Forwarded-For` names the client for the per-client rate limit
+    /// and the access log; empty (the default): the header is ignored.
+    pub trusted_proxies: Vec<IpBlock>,
+    /// Log one line per request with a request id (`X-Request-Id`).
+    pub access_log: bool,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +77,9 @@ impl Default for ApiConfig {
                 burst: 1,
             },
             list_max_age: Duration::from_millis(5),
+            cors: CorsPolicy::default(),
+            trusted_proxies: Vec::new(),
+            access_log: false,
         }
     }
 }
@@ -76,6 +93,8 @@ pub(crate) struct Inner {
     pub(crate) holder_limiter: KeyedLimiter,
     pub(crate) client_limiter: KeyedLimiter,
     pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) cors: Arc<CorsPolicy>,
+    pub(crate) trusted_proxies: Arc<[IpBlock]>,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -98,6 +117,8 @@ impl AppState {
                 admission: Admission::new(config.max_in_flight),
                 holder_limiter: KeyedLimiter::new(config.per_holder, 20),
                 client_limiter: KeyedLimiter::new(config.per_client, 16),
+                cors: Arc::new(config.cors.clone()),
+                trusted_proxies: config.trusted_proxies.clone().into(),
                 catalog,
                 config,
                 engine: OnceLock::new(),
@@ -111,47 +132,142 @@ impl AppState {
         let _ = self.inner.engine.set(engine);
     }
 
+    /// Returns the cause if and only if the engine's log failed (fail-stop): the engine
+    /// acknowledges nothing more, `/readyz` answers 503 and the process is about to exit.
+    pub fn log_failure(&self) -> Option<String> {
+        self.inner.engine.get().and_then(|e| e.log_failure())
+    }
+
     /// The engine, or `503 not_ready` while recovery runs.
     pub fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
         self.inner.engine.get().ok_or(ApiError::NotReady)
     }
 }
 
-/// Builds the whole router.
+/// Which listener serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The public API: applicants, public reads, and operator events on reservations.
+    Public,
+    /// Operations (`/metrics`) and the operator's `/v1/admin/*`: on the admin listener when
+    /// there is one, else on the public one.
+    Admin,
+    /// Health and the OpenAPI document: on every listener.
+    Every,
+}
+
+/// One route of the API: its path (axum's syntax, which is also OpenAPI's), the listener
+/// that serves it and its handlers. [`ROUTES`] is the one list the routers are built from,
+/// and a test compares it with the OpenAPI document both ways.
+pub struct RouteEntry {
+    /// The path template, e.g. `/v1/reservations/{id}`.
+    pub path: &'static str,
+    /// Where it is served.
+    pub surface: Surface,
+    method_router: fn() -> MethodRouter<AppState>,
+}
+
+/// Every route of the API.
+pub const ROUTES: &[RouteEntry] = &[
+    route("/healthz", Surface::Every, || get(handlers::healthz)),
+    route("/readyz", Surface::Every, || get(handlers::readyz)),
+    route("/openapi.json", Surface::Every, || get(openapi::serve)),
+    route("/metrics", Surface::Admin, || get(metrics_text)),
+    route("/v1/waves", Surface::Public, || get(handlers::waves)),
+    route("/v1/provinces", Surface::Public, || {
+        get(handlers::provinces)
+    }),
+    route("/v1/provinces/{id}/caravans", Surface::Public, || {
+        get(handlers::province_caravans)
+    }),
+    route("/v1/caravans/{id}", Surface::Public, || {
+        get(handlers::caravan)
+    }),
+    route("/v1/reservations", Surface::Public, || {
+        post(handlers::reserve)
+    }),
+    route("/v1/reservations/{id}", Surface::Public, || {
+        get(handlers::get_reservation).delete(handlers::cancel)
+    }),
+    route("/v1/reservations/{id}/accept", Surface::Public, || {
+        post(handlers::accept)
+    }),
+    route("/v1/reservations/{id}/events", Surface::Public, || {
+        post(handlers::event)
+    }),
+    route("/v1/waitlist", Surface::Public, || {
+        post(handlers::join_waitlist)
+    }),
+    route("/v1/waitlist/me", Surface::Public, || {
+        get(handlers::waitlist_me)
+    }),
+    route("/v1/admin/reservations", Surface::Admin, || {
+        get(handlers::admin_reservations)
+    }),
+    route("/v1/admin/stats", Surface::Admin, || {
+        get(handlers::admin_stats)
+    }),
+    route("/v1/admin/waves", Surface::Admin, || {
+        put(handlers::replace_waves)
+    }),
+];
+
+const fn route(
+    path: &'static str,
+    surface: Surface,
+    method_router: fn() -> MethodRouter<AppState>,
+) -> RouteEntry {
+    RouteEntry {
+        path,
+        surface,
+        method_router,
+    }
+}
+
+/// Builds the whole router: every route on one listener.
 pub fn app(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/v1/waves", get(handlers::waves))
-        .route("/v1/provinces", get(handlers::provinces))
-        .route(
-            "/v1/provinces/{id}/caravans",
-            get(handlers::province_caravans),
-        )
-        .route("/v1/caravans/{id}", get(handlers::caravan))
-        .route("/v1/reservations", post(handlers::reserve))
-        .route(
-            "/v1/reservations/{id}",
-            get(handlers::get_reservation).delete(handlers::cancel),
-        )
-        .route("/v1/reservations/{id}/accept", post(handlers::accept))
-        .route("/v1/reservations/{id}/events", post(handlers::event))
-        .route("/v1/waitlist", post(handlers::join_waitlist))
-        .route("/v1/waitlist/me", get(handlers::waitlist_me))
-        .route("/v1/admin/reservations", get(handlers::admin_reservations))
-        .route("/v1/admin/stats", get(handlers::admin_stats))
-        .route("/v1/admin/waves", put(handlers::replace_waves))
+    build(state, |_| true)
+}
+
+/// The router of the public listener when operations have their own (`--admin-listen`):
+/// `/metrics` and `/v1/admin/*` answer 404 here.
+pub fn public_app(state: AppState) -> Router {
+    build(state, |surface| surface != Surface::Admin)
+}
+
+/// The router of the admin listener: `/metrics`, `/v1/admin/*`, health and the document.
+pub fn admin_app(state: AppState) -> Router {
+    build(state, |surface| surface != Surface::Public)
+}
+
+fn build(state: AppState, serves: impl Fn(Surface) -> bool) -> Router {
+    let mut v1 = Router::new();
+    let mut operations = Router::new();
+    for entry in ROUTES.iter().filter(|e| serves(e.surface)) {
+        if entry.path.starts_with("/v1/") {
+            v1 = v1.route(entry.path, (entry.method_router)());
+        } else {
+            operations = operations.route(entry.path, (entry.method_router)());
+        }
+    }
+    let v1 = v1
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), admit));
-    Router::new()
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .route("/metrics", get(metrics_text))
-        .route("/openapi.json", get(openapi::serve))
+    let mut router = operations
         .merge(v1)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(observe))
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .with_state(state)
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX));
+    if state.inner.config.access_log {
+        let log = Arc::new(AccessLog::new(Arc::clone(&state.inner.trusted_proxies)));
+        router = router.layer(middleware::from_fn_with_state(log, access_log::layer));
+    }
+    if !state.inner.cors.is_empty() {
+        let policy = Arc::clone(&state.inner.cors);
+        router = router.layer(middleware::from_fn_with_state(policy, cors::layer));
+    }
+    router.with_state(state)
 }
 
 async fn not_found() -> ApiError {
@@ -169,8 +285,8 @@ async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Respo
             .increment(1);
         return ApiError::Overloaded(1).into_response();
     };
-    if let Some(addr) = handlers::client_addr(&req)
-        && let Err(wait) = state.inner.client_limiter.check(&addr.ip())
+    if let Some(client) = client_ip::of_request(&req, &state.inner.trusted_proxies)
+        && let Err(wait) = state.inner.client_limiter.check(&client)
     {
         metrics::counter!("miqat_admission_rejections_total", "reason" => "rate_limited")
             .increment(1);
@@ -231,6 +347,11 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
                 .set(f64::from(engine.province_waiting(p)));
         }
         metrics::gauge!("miqat_requests_in_flight").set(state.inner.admission.in_flight() as f64);
+        metrics::gauge!("miqat_wal_failed").set(if engine.log_failure().is_some() {
+            1.0
+        } else {
+            0.0
+        });
     }
     let body = state
         .inner

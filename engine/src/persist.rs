@@ -313,6 +313,12 @@ impl Engine {
         Ok(())
     }
 
+    /// The cause of the log's fail-stop, if and only if a write or fsync of the log failed:
+    /// from then on the engine acknowledges nothing, and only a restart (recovery) helps.
+    pub fn log_failure(&self) -> Option<String> {
+        self.wal.as_ref().and_then(|w| w.failure())
+    }
+
     /// Write-ahead log counters since this process opened the log, if the engine logs.
     pub fn wal_stats(&self) -> Option<wal::WalStats> {
         self.wal.as_ref().map(|w| w.stats())

@@ -187,6 +187,12 @@ impl Server {
     /// Spawns `miqat serve` on a free port with the operator token set and the per-holder rate
     /// limit off; does not wait for readiness.
     pub fn spawn(options: &ServerOptions<'_>) -> Server {
+        Server::spawn_with_env(options, &[])
+    }
+
+    /// [`Server::spawn`], then sets (`Some`) or removes (`None`) the given environment
+    /// variables of the child.
+    pub fn spawn_with_env(options: &ServerOptions<'_>, env: &[(&str, Option<&str>)]) -> Server {
         let addr = free_addr();
         let stderr_path = options.log_dir.join(format!("{}.stderr", options.name));
         let stdout_path = options.log_dir.join(format!("{}.stdout", options.name));
@@ -210,6 +216,12 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::from(File::create(&stdout_path).unwrap()))
             .stderr(Stdio::from(File::create(&stderr_path).unwrap()));
+        for (key, value) in env {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
         let child = command.spawn().unwrap();
         Server {
             child: Some(child),

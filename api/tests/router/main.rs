@@ -11,6 +11,9 @@ mod support;
 
 mod admin;
 mod caravans;
+mod contract;
+mod cors;
+mod deployment;
 mod errors;
 mod events;
 mod limits;

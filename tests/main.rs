@@ -223,5 +223,6 @@ fn loadtest_lists_its_parameters_without_a_catalog() {
 }
 
 mod hardening;
+mod ops;
 mod server;
 mod support;

@@ -260,7 +260,7 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
                 ("province_name", province.name_en.clone()),
             ];
             let p = ProvinceIdx(p as u16);
-            metrics::gauge!("miqat_seats_total", &labels)
+            metrics::gauge!("miqat_seats_capacity", &labels)
                 .set(engine.province_seats_total(p) as f64);
             metrics::gauge!("miqat_seats_free", &labels)
                 .set(f64::from(engine.province_free_seats(p)));

@@ -93,7 +93,7 @@ pub struct OpsCounters {
     pub reserved: u64,
     /// `POST /v1/reservations` retries answered with the original reservation.
     pub replayed: u64,
-    /// `POST /v1/reservations` refused, any code.
+    /// `POST /v1/reservations` refused, any code (malformed requests included).
     pub reserve_refused: u64,
     /// Requests on any route answered with a problem document.
     pub refusals: u64,
@@ -219,8 +219,8 @@ fn counters(samples: &[Sample]) -> OpsCounters {
         requests: sum("miqat_http_requests_total", &|_| true),
         reserved: sum("miqat_reservations_total", &label_is("outcome", "reserved")),
         replayed: sum("miqat_reservations_total", &label_is("outcome", "replayed")),
-        reserve_refused: sum("miqat_reservations_total", &|s| {
-            !matches!(s.label("outcome"), Some("reserved" | "replayed"))
+        reserve_refused: sum("miqat_http_refusals_total", &|s| {
+            s.label("route") == Some("/v1/reservations")
         }),
         refusals: sum("miqat_http_refusals_total", &|_| true),
         shed: sum(

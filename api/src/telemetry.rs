@@ -170,9 +170,9 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         "Requests in flight at most; past it requests are shed with 503 overloaded.",
     ),
     (
-        "miqat_seats_total",
+        "miqat_seats_capacity",
         Unit::Count,
-        "Seats over all caravans of a province.",
+        "Seats over all caravans of a province (free, held, offered and confirmed together).",
     ),
     (
         "miqat_seats_free",
@@ -310,6 +310,14 @@ fn register_at_zero() {
         "miqat_waitlist_offers_made_total",
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    // Histograms without labels, so that their buckets are exported before the first sample.
+    for name in [
+        "miqat_wal_fsync_seconds",
+        "miqat_wal_batch_records",
+        "miqat_expiry_lateness_seconds",
+    ] {
+        drop(metrics::histogram!(name));
     }
     metrics::gauge!("miqat_build_info", "version" => VERSION, "git_sha" => GIT_SHA).set(1.0);
     metrics::gauge!("miqat_connections_open").set(0.0);

@@ -121,9 +121,8 @@ pub fn quantile_ms(q: f64, now: &[(f64, f64)], before: &[(f64, f64)]) -> f64 {
     }
     let rank = q * total;
     let (mut lower, mut below) = (0.0, 0.0);
-    for i in 0..now.len() {
+    for (i, &(upper, _)) in now.iter().enumerate() {
         let count = delta(i);
-        let upper = now[i].0;
         if count >= rank {
             if !upper.is_finite() {
                 // Beyond the last finite bound: that bound is all that can be said.

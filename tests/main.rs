@@ -224,5 +224,6 @@ fn loadtest_lists_its_parameters_without_a_catalog() {
 
 mod deploy;
 mod hardening;
+mod ops;
 mod server;
 mod support;

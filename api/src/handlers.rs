@@ -332,14 +332,19 @@ pub async fn reserve(
                 engine.durable(engine.holder_barrier(holder)).await?;
             }
             let e = refusal(&state, e);
-            metrics::counter!("miqat_reservations_total", "outcome" => e.code()).increment(1);
+            state
+                .inner
+                .request_metrics
+                .reservation(Some(e.code()), false);
             return Err(e);
         }
     };
     engine.durable(decided.ticket).await?;
     let outcome = decided.value;
-    metrics::counter!("miqat_reservations_total", "outcome" => if outcome.replayed { "replayed" } else { "reserved" })
-        .increment(1);
+    state
+        .inner
+        .request_metrics
+        .reservation(None, outcome.replayed);
     let mut response = (
         StatusCode::CREATED,
         Json(reservation_json(&state, &outcome.reservation)),

@@ -15,7 +15,9 @@ pub mod error;
 pub mod handlers;
 pub mod limits;
 pub mod openapi;
+pub mod ops;
 pub mod server;
+pub mod telemetry;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -36,6 +38,7 @@ use crate::client_ip::IpBlock;
 use crate::cors::CorsPolicy;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::{Admission, KeyedLimiter, Rate, retry_after_seconds};
+use crate::telemetry::{Rejection, RequestMetrics};
 
 /// Request bodies are limited to this many bytes (16 KiB); larger ones get 413.
 pub const BODY_BYTES_MAX: usize = 16 * 1024;
@@ -95,6 +98,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) cors: Arc<CorsPolicy>,
     pub(crate) trusted_proxies: Arc<[IpBlock]>,
+    pub(crate) request_metrics: RequestMetrics,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -123,6 +127,7 @@ impl AppState {
                 config,
                 engine: OnceLock::new(),
                 metrics,
+                request_metrics: RequestMetrics::new(route_labels()),
             }),
         }
     }
@@ -173,6 +178,8 @@ pub const ROUTES: &[RouteEntry] = &[
     route("/readyz", Surface::Every, || get(handlers::readyz)),
     route("/openapi.json", Surface::Every, || get(openapi::serve)),
     route("/metrics", Surface::Admin, || get(metrics_text)),
+    route("/ops", Surface::Admin, || get(ops::page)),
+    route("/v1/ops/summary", Surface::Admin, || get(ops::summary)),
     route("/v1/waves", Surface::Public, || get(handlers::waves)),
     route("/v1/provinces", Surface::Public, || {
         get(handlers::provinces)
@@ -257,7 +264,7 @@ fn build(state: AppState, serves: impl Fn(Surface) -> bool) -> Router {
     let mut router = operations
         .merge(v1)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_BYTES_MAX));
     if state.inner.config.access_log {
         let log = Arc::new(AccessLog::new(Arc::clone(&state.inner.trusted_proxies)));
@@ -268,6 +275,17 @@ fn build(state: AppState, serves: impl Fn(Surface) -> bool) -> Router {
         router = router.layer(middleware::from_fn_with_state(policy, cors::layer));
     }
     router.with_state(state)
+}
+
+/// The route label of a request no route matched.
+const UNMATCHED: &str = "unmatched";
+
+/// Every route label the request metrics know: each route's path, and [`UNMATCHED`].
+fn route_labels() -> impl Iterator<Item = &'static str> {
+    ROUTES
+        .iter()
+        .map(|entry| entry.path)
+        .chain(std::iter::once(UNMATCHED))
 }
 
 async fn not_found() -> ApiError {
@@ -281,51 +299,49 @@ async fn method_not_allowed() -> ApiError {
 /// Admission control and the per-client rate limit, before any work is done.
 async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(_permit) = state.inner.admission.try_admit() else {
-        metrics::counter!("miqat_admission_rejections_total", "reason" => "overloaded")
-            .increment(1);
+        state
+            .inner
+            .request_metrics
+            .admission_rejected(Rejection::Overloaded);
         return ApiError::Overloaded(1).into_response();
     };
     if let Some(client) = client_ip::of_request(&req, &state.inner.trusted_proxies)
         && let Err(wait) = state.inner.client_limiter.check(&client)
     {
-        metrics::counter!("miqat_admission_rejections_total", "reason" => "rate_limited")
-            .increment(1);
+        state
+            .inner
+            .request_metrics
+            .admission_rejected(Rejection::RateLimited);
         return ApiError::RateLimited(retry_after_seconds(wait)).into_response();
     }
     next.run(req).await
 }
 
-/// Counts every request by route and status and records its latency; 4xx are not errors.
-async fn observe(req: Request, next: Next) -> Response {
+/// Counts every request by route and status (and a refusal by its code) and records its
+/// latency, through handles kept per route: no label lookup once a route has been seen.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);
     // A fixed label set: a client inventing methods must not grow the metrics without bound.
-    let method = match *req.method() {
-        axum::http::Method::GET => "GET",
-        axum::http::Method::POST => "POST",
-        axum::http::Method::PUT => "PUT",
-        axum::http::Method::DELETE => "DELETE",
-        axum::http::Method::HEAD => "HEAD",
-        axum::http::Method::OPTIONS => "OPTIONS",
-        _ => "other",
-    };
+    let method = telemetry::method_index(req.method());
     let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [
-        ("method", method.to_owned()),
-        ("route", route),
-        ("status", status),
-    ];
-    metrics::counter!("miqat_http_requests_total", &labels).increment(1);
-    metrics::histogram!("miqat_http_request_duration_seconds", &labels[..2])
-        .record(started.elapsed().as_secs_f64());
-    if let Some(code) = response.extensions().get::<ErrorCode>()
+    let code = response
+        .extensions()
+        .get::<ErrorCode>()
+        .map(|code| code.0)
+        .filter(|_| !response.status().is_success());
+    state.inner.request_metrics.observe(
+        method,
+        route,
+        response.status().as_u16(),
+        code,
+        started.elapsed().as_secs_f64(),
+    );
+    if let Some(code) = code
         && response.status().is_client_error()
     {
-        tracing::debug!(code = code.0, "request refused");
+        tracing::debug!(code, "request refused");
     }
     response
 }
@@ -335,10 +351,17 @@ async fn observe(req: Request, next: Next) -> Response {
     responses((status = 200, description = "Prometheus text format", body = String,
         content_type = "text/plain")))]
 pub async fn metrics_text(State(state): State<AppState>) -> Response {
+    metrics::gauge!("miqat_requests_in_flight").set(state.inner.admission.in_flight() as f64);
+    metrics::gauge!("miqat_requests_in_flight_limit").set(state.inner.config.max_in_flight as f64);
     if let Ok(engine) = state.engine() {
         for (p, province) in engine.catalog().provinces().iter().enumerate() {
-            let labels = [("province", province.id.to_string())];
+            let labels = [
+                ("province", province.id.to_string()),
+                ("province_name", province.name_en.clone()),
+            ];
             let p = ProvinceIdx(p as u16);
+            metrics::gauge!("miqat_seats_capacity", &labels)
+                .set(engine.province_seats_total(p) as f64);
             metrics::gauge!("miqat_seats_free", &labels)
                 .set(f64::from(engine.province_free_seats(p)));
             metrics::gauge!("miqat_holds_live", &labels)
@@ -352,13 +375,18 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
         } else {
             0.0
         });
+        if let Some(wal) = engine.wal_stats() {
+            metrics::gauge!("miqat_wal_staged_bytes").set(wal.staged_bytes as f64);
+            metrics::gauge!("miqat_wal_staged_bytes_limit").set(wal.staged_bytes_max as f64);
+        }
     }
-    let body = state
+    let mut body = state
         .inner
         .metrics
         .as_ref()
         .map(PrometheusHandle::render)
         .unwrap_or_default();
+    telemetry::render_process_metrics(&mut body);
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

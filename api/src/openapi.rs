@@ -25,11 +25,14 @@ use crate::{dto, error, handlers};
         handlers::join_waitlist, handlers::waitlist_me, handlers::event,
         handlers::admin_reservations, handlers::admin_stats, handlers::replace_waves,
         handlers::healthz, handlers::readyz, crate::metrics_text, serve,
+        crate::ops::summary,
     ),
     components(schemas(
         dto::ReserveRequest, dto::Credentials, dto::EventRequest, dto::Reservation, dto::Province,
         dto::Caravan, dto::CaravanSummary, dto::WaveDto, dto::WaitlistPlace, dto::ReservationPage,
         dto::Stats, dto::StatusCounts, error::Problem,
+        crate::ops::OpsSummary, crate::ops::OpsProvince, crate::ops::OpsCounters, crate::ops::Buckets,
+        crate::ops::NextWave,
     )),
     modifiers(&BearerAuth),
 )]

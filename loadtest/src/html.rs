@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
 
+use crate::server_metrics::ServerSample;
 use crate::summary::{
-    BaselineReport, CheckReport, EndpointSummary, Percentiles, SeatsTimeline, SellOut, SloResult,
-    Summary, TimelinePoint,
+    BaselineReport, CheckReport, EndpointSummary, PercentilePoint, Percentiles, SCHEMA_VERSION,
+    SeatsTimeline, SellOut, SloResult, Summary, TimelinePoint,
 };
 use crate::verdict::Status;
 
@@ -278,6 +279,23 @@ fn write_header(out: &mut String, summary: &Summary) {
             text("Duration"),
             text(format!("{} s", fixed(summary.duration_s, 1))),
         ],
+        vec![
+            text("Server"),
+            text(
+                summary
+                    .server_version
+                    .clone()
+                    .unwrap_or_else(|| "did not report its version".to_owned()),
+            ),
+        ],
+        vec![
+            text("Load tester"),
+            text(format!(
+                "{} (summary.json schema {})",
+                env!("CARGO_PKG_VERSION"),
+                SCHEMA_VERSION
+            )),
+        ],
     ];
     write_table(out, &[], &rows);
     out.push_str("</header>\n");
@@ -461,18 +479,48 @@ fn endpoint_row(endpoint: &EndpointSummary) -> Vec<Cell> {
 
 fn write_charts(out: &mut String, summary: &Summary) {
     open_section(out, "Over time");
-    let throughput = throughput_chart(&summary.timeline);
+    // Every chart over time shares one x axis, so a moment lines up down the page.
+    let x_range = time_range(summary);
+    let on_run_axis = |mut chart: Chart| {
+        chart.x_range = x_range;
+        chart
+    };
+    let throughput = on_run_axis(throughput_chart(&summary.timeline));
     let bands = throughput_caption(&throughput);
     write_chart(out, &throughput, "no timeline was recorded", &bands);
     write_chart(
         out,
-        &latency_chart(&summary.timeline),
+        &on_run_axis(latency_chart(&summary.timeline)),
         "no second of the timeline has a latency",
         &latency_caption(summary),
     );
     write_chart(
         out,
-        &seats_chart(&summary.seats),
+        &on_run_axis(client_server_latency_chart(summary)),
+        "the server exported no metrics during the run",
+        &[(
+            "client against server".to_string(),
+            "the client's p99 counts from each request's intended send time to its answer \
+             (queueing in the client and the network included); the server's counts from \
+             the request's arrival at its router to its answer, from its own /metrics, \
+             scraped once a second; fsync is the log's, which every reservation waits for"
+                .to_string(),
+        )],
+    );
+    write_chart(
+        out,
+        &on_run_axis(server_traffic_chart(summary)),
+        "the server exported no metrics during the run",
+        &[(
+            "server".to_string(),
+            "requests the server answered and shed or rate-limited per second, from its own \
+             /metrics; the client's line counts answers it received, by the second it got them"
+                .to_string(),
+        )],
+    );
+    write_chart(
+        out,
+        &on_run_axis(seats_chart(&summary.seats)),
         "no seat samples to draw",
         &[(
             "A line that rises".to_string(),
@@ -484,6 +532,150 @@ fn write_charts(out: &mut String, summary: &Summary) {
         )],
     );
     close_section(out);
+    open_section(out, "Latency distribution");
+    write_chart(
+        out,
+        &distribution_chart(&summary.latency_distribution),
+        "no request was recorded",
+        &[(
+            "x axis".to_string(),
+            "percentile in nines: 1 is p90, 2 is p99, 3 is p99.9, 4 is p99.99; the last point \
+             is the maximum; every request counts, answered or not, from its intended send time"
+                .to_string(),
+        )],
+    );
+    close_section(out);
+}
+
+/// The run's time span over the timeline, the seat samples and the server's samples.
+fn time_range(summary: &Summary) -> Option<(f64, f64)> {
+    let times = summary
+        .timeline
+        .iter()
+        .map(|p| p.t_s)
+        .chain(summary.seats.samples.iter().map(|(t, _)| *t))
+        .chain(summary.server_metrics.iter().map(|s| s.t_s))
+        .filter(|t| t.is_finite());
+    let (low, high) = times.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), t| {
+        (lo.min(t), hi.max(t))
+    });
+    (high > low).then_some((low, high))
+}
+
+fn client_server_latency_chart(summary: &Summary) -> Chart {
+    let server = |name: &str, color, width, pick: fn(&ServerSample) -> f64| Series {
+        name: name.to_string(),
+        color,
+        width,
+        fill: false,
+        points: summary
+            .server_metrics
+            .iter()
+            .map(|s| (s.t_s, pick(s)))
+            .collect(),
+    };
+    let mut series = vec![
+        server("server: p99 reserve", PALETTE[2], 2.0, |s| s.reserve_p99_ms),
+        server("server: p99 fsync", PALETTE[5], 1.5, |s| s.fsync_p99_ms),
+    ];
+    if !series.iter().all(|s| s.points.is_empty()) {
+        series.insert(
+            0,
+            Series {
+                name: "client: p99 reserve".to_string(),
+                color: PALETTE[3],
+                width: 2.0,
+                fill: false,
+                points: summary
+                    .timeline
+                    .iter()
+                    .map(|p| (p.t_s, p.reserve_p99_ms))
+                    .collect(),
+            },
+        );
+    }
+    Chart {
+        title: "Reservation latency: client against server (log scale)".to_string(),
+        x_label: "seconds since the opening (run time)",
+        y_label: "milliseconds",
+        y_scale: YScale::Log,
+        opening_marker: true,
+        x_range: None,
+        legend: series.iter().map(Series::legend_entry).collect(),
+        series,
+    }
+}
+
+fn server_traffic_chart(summary: &Summary) -> Chart {
+    let server = |name: &str, color, pick: fn(&ServerSample) -> f64| Series {
+        name: name.to_string(),
+        color,
+        width: 1.5,
+        fill: false,
+        points: summary
+            .server_metrics
+            .iter()
+            .map(|s| (s.t_s, pick(s)))
+            .collect(),
+    };
+    let mut series = vec![
+        server("server: answered/s", PALETTE[0], |s| s.requests_per_s),
+        server("server: shed, limited/s", PALETTE[3], |s| s.shed_per_s),
+    ];
+    if !series.iter().all(|s| s.points.is_empty()) {
+        series.push(Series {
+            name: "client: answered/s".to_string(),
+            color: PALETTE[7],
+            width: 1.0,
+            fill: false,
+            points: summary
+                .timeline
+                .iter()
+                .map(|p| (p.t_s, p.outcomes.values().sum::<u64>() as f64))
+                .collect(),
+        });
+    }
+    Chart {
+        title: "Requests per second: the server's count".to_string(),
+        x_label: "seconds since the opening (run time)",
+        y_label: "requests per second",
+        y_scale: YScale::Linear,
+        opening_marker: true,
+        x_range: None,
+        legend: series.iter().map(Series::legend_entry).collect(),
+        series,
+    }
+}
+
+/// Where percentile `p` sits on an axis of nines: 90 at 1, 99 at 2, 99.9 at 3.
+fn nines(percentile: f64) -> f64 {
+    let tail = (100.0 - percentile) / 100.0;
+    if tail <= 0.0 {
+        // The maximum: half a nine past the finest percentile drawn.
+        5.5
+    } else {
+        -tail.log10()
+    }
+}
+
+fn distribution_chart(points: &[PercentilePoint]) -> Chart {
+    let series = vec![Series {
+        name: "latency at percentile".to_string(),
+        color: PALETTE[0],
+        width: 2.0,
+        fill: false,
+        points: points.iter().map(|p| (nines(p.percentile), p.ms)).collect(),
+    }];
+    Chart {
+        title: "Latency by percentile, every request (log scale)".to_string(),
+        x_label: "percentile in nines (1 = p90, 2 = p99, 3 = p99.9)",
+        y_label: "milliseconds",
+        y_scale: YScale::Log,
+        opening_marker: false,
+        x_range: None,
+        legend: series.iter().map(Series::legend_entry).collect(),
+        series,
+    }
 }
 
 /// What each band of the throughput chart means, for the bands it draws.
@@ -791,6 +983,7 @@ fn throughput_chart(timeline: &[TimelinePoint]) -> Chart {
         y_label: "requests per second",
         y_scale: YScale::Linear,
         opening_marker: true,
+        x_range: None,
         legend: layers.iter().map(Series::legend_entry).collect(),
         series: layers,
     }
@@ -845,6 +1038,7 @@ fn latency_chart(timeline: &[TimelinePoint]) -> Chart {
         y_label: "milliseconds",
         y_scale: YScale::Log,
         opening_marker: true,
+        x_range: None,
         legend: series.iter().map(Series::legend_entry).collect(),
         series,
     }
@@ -883,6 +1077,7 @@ fn seats_chart(seats: &SeatsTimeline) -> Chart {
         y_label: "% of seats left",
         y_scale: YScale::Linear,
         opening_marker: true,
+        x_range: None,
         series,
         legend,
     }
@@ -1025,6 +1220,8 @@ struct Chart {
     y_scale: YScale,
     /// A dashed vertical line at x = 0, drawn over the series.
     opening_marker: bool,
+    /// The x axis's range, when several charts must share one time axis; else fitted.
+    x_range: Option<(f64, f64)>,
     /// Drawn in order, later over earlier.
     series: Vec<Series>,
     /// Top to bottom.
@@ -1073,7 +1270,10 @@ impl Frame {
         if usable.is_empty() {
             return None;
         }
-        let (x_min, x_max) = spread(min_max(usable.iter().map(|point| point.0)));
+        let (x_min, x_max) = chart
+            .x_range
+            .filter(|(low, high)| low.is_finite() && high.is_finite() && high > low)
+            .unwrap_or_else(|| spread(min_max(usable.iter().map(|point| point.0))));
         let ys = min_max(usable.iter().map(|point| point.1));
         let (y_low, y_high) = match scale {
             YScale::Linear => linear_y_range(ys),

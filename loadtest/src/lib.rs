@@ -21,6 +21,7 @@ pub mod outcome;
 pub mod plan;
 pub mod recorder;
 pub mod run;
+pub mod server_metrics;
 pub mod slo;
 pub mod summary;
 pub mod verdict;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
@@ -17,9 +18,10 @@ use crate::journey::{self, Context};
 use crate::outcome::{Endpoint, Outcome};
 use crate::plan::Plan;
 use crate::recorder::{Recorded, Recorder, percentiles};
+use crate::server_metrics::{self, ServerMetrics};
 use crate::summary::{
-    EndpointSummary, JourneySummary, LagSummary, PlanInfo, SeatsTimeline, SellOut, Summary,
-    TimelinePoint,
+    EndpointSummary, JourneySummary, LagSummary, PercentilePoint, PlanInfo, SeatsTimeline, SellOut,
+    Summary, TimelinePoint,
 };
 
 /// How to play a plan.
@@ -121,6 +123,14 @@ pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
         Arc::clone(&samples),
         stop_rx.clone(),
     ));
+    let server_metrics = Arc::new(Mutex::new(ServerMetrics::default()));
+    let server_sampler = tokio::spawn(server_metrics::sample(
+        admin.clone(),
+        opening,
+        Duration::from_secs(1),
+        Arc::clone(&server_metrics),
+        stop_rx.clone(),
+    ));
     let sealer = tokio::spawn(seal_seconds(Arc::clone(&recorder), stop_rx.clone()));
     let live = options.live.then(|| {
         tokio::spawn(live_view(
@@ -152,12 +162,13 @@ pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
     let _ = stop_tx.send(true);
     let _ = sampler.await;
     let _ = sealer.await;
+    let _ = server_sampler.await;
     if let Some(live) = live {
         let _ = live.await;
     }
     let recorded = recorder.finish();
     let seats = seats_timeline(&provinces, &samples.lock());
-    let summary = summarize(
+    let mut summary = summarize(
         plan,
         options,
         &recorded,
@@ -169,6 +180,9 @@ pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
             seats,
         },
     );
+    let server = std::mem::take(&mut *server_metrics.lock());
+    summary.server_version = server.version;
+    summary.server_metrics = server.samples;
     Ok(Played { summary, recorded })
 }
 
@@ -461,10 +475,40 @@ fn summarize(
         timeline,
         seats: inputs.seats.clone(),
         sell_out,
+        latency_distribution: distribution(&recorded.latency),
         ..Summary::default()
     };
     summary.client_violations = recorded.violations.clone();
     summary
+}
+
+/// The percentiles the distribution chart draws: up to p99.999, closer together in the tail.
+const DISTRIBUTION_PERCENTILES: [f64; 16] = [
+    0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 97.5, 99.0, 99.5, 99.75, 99.9, 99.95, 99.99, 99.999,
+    100.0,
+];
+
+/// Latency of every request, answered or not, at [`DISTRIBUTION_PERCENTILES`].
+fn distribution(per_endpoint: &[Histogram<u64>]) -> Vec<PercentilePoint> {
+    let Some(first) = per_endpoint.first() else {
+        return Vec::new();
+    };
+    let mut all = Histogram::<u64>::new_from(first);
+    for h in per_endpoint {
+        if all.add(h).is_err() {
+            return Vec::new();
+        }
+    }
+    if all.is_empty() {
+        return Vec::new();
+    }
+    DISTRIBUTION_PERCENTILES
+        .iter()
+        .map(|&percentile| PercentilePoint {
+            percentile,
+            ms: all.value_at_percentile(percentile) as f64 / 1000.0,
+        })
+        .collect()
 }
 
 /// Requests the plan asks for if nobody retried or reacted.

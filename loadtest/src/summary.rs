@@ -6,11 +6,28 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::server_metrics::ServerSample;
 use crate::verdict::{self, ServiceLimits, Verdicts};
 
 /// Everything a run found, serialized as `summary.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Summary {
+    /// The layout of this document: [`SCHEMA_VERSION`].
+    #[serde(default)]
+    pub schema_version: u32,
+    /// Whether the run passed overall (the verdict's `overall`, for CI to read first).
+    #[serde(default)]
+    pub passed: bool,
+    /// Whether the run measured what it planned (the generator kept to the plan); a run that
+    /// is not valid says nothing about the server.
+    #[serde(default)]
+    pub valid: bool,
+    /// The load tester's version.
+    #[serde(default)]
+    pub tool_version: String,
+    /// The server's version and git revision, from its `miqat_build_info` metric.
+    #[serde(default)]
+    pub server_version: Option<String>,
     /// The server's base URL.
     pub target: String,
     /// When the run started (RFC 3339 UTC).
@@ -65,6 +82,12 @@ pub struct Summary {
     /// reservations, a crashed journey); each fails the correctness verdict.
     #[serde(default)]
     pub client_violations: Vec<String>,
+    /// The server's own figures, scraped from its `/metrics` once a second.
+    #[serde(default)]
+    pub server_metrics: Vec<ServerSample>,
+    /// Latency of every request by percentile, for the distribution chart.
+    #[serde(default)]
+    pub latency_distribution: Vec<PercentilePoint>,
     /// The thresholds of the service verdict.
     #[serde(default)]
     pub limits: ServiceLimits,
@@ -72,6 +95,19 @@ pub struct Summary {
     /// [`Summary::judge`]; the reports judge afresh, so they cannot disagree with the data).
     #[serde(default)]
     pub verdict: Verdicts,
+}
+
+/// The layout version of `summary.json`: 2 added `schema_version`, `passed`, `valid`, the
+/// versions, `server_metrics` and `latency_distribution`.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// One point of the latency distribution.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct PercentilePoint {
+    /// The percentile (e.g. 99.9).
+    pub percentile: f64,
+    /// Latency at it, milliseconds.
+    pub ms: f64,
 }
 
 /// The plan's identity.
@@ -262,6 +298,10 @@ impl Summary {
     /// Stores [`Summary::verdicts`] in `verdict` (for `summary.json`).
     pub fn judge(&mut self) {
         self.verdict = self.verdicts();
+        self.schema_version = SCHEMA_VERSION;
+        self.passed = self.verdict.passed();
+        self.valid = self.valid();
+        self.tool_version = env!("CARGO_PKG_VERSION").to_owned();
     }
 
     /// Whether the run passed overall: correctness (when checked), service and measurement

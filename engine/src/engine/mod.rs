@@ -14,7 +14,7 @@ use crate::catalog::{Catalog, HolderIdx, ProvinceIdx};
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::machine::{Command, Ctx, Decision, Reply, Shard, ShardState, decide};
-use crate::model::{EndReason, ReservationView};
+use crate::model::{EndReason, ReservationView, Status};
 use crate::record::Record;
 use crate::season::{Schedule, Season};
 use crate::sync::{AtomicI64, Mutex};
@@ -127,6 +127,27 @@ pub struct Engine {
     /// When the expiry thread plans to wake next; a decision wakes it earlier only if its
     /// deadline comes before that (so the rush does not touch the thread's lock).
     expiry_planned_ms: AtomicI64,
+}
+
+/// How `record` ends a waiting-list offer, if it does: `accepted`, `lapsed` or `declined`.
+/// Read before the record is applied (an accepted offer is no longer one after).
+fn offer_outcome(st: &ShardState, record: &Record) -> Option<&'static str> {
+    match record {
+        Record::End {
+            reason: EndReason::OfferExpired,
+            ..
+        } => Some("lapsed"),
+        Record::End {
+            reason: EndReason::OfferDeclined,
+            ..
+        } => Some("declined"),
+        Record::Advance { id, .. } => st
+            .reservations
+            .get(id.slot.index())
+            .is_some_and(|r| r.status == Status::Offered)
+            .then_some("accepted"),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -353,9 +374,17 @@ impl Engine {
                 .and_then(|r| r.deadline_ms),
             _ => None,
         };
+        let offer_outcome = offer_outcome(st, record);
         let ticket = self.commit(p, st, record)?;
         if let Some(deadline_ms) = expired_deadline {
             self.note_expiry(now_ms - deadline_ms);
+        }
+        if let Record::End { offer: Some(_), .. } = record {
+            metrics::counter!("miqat_waitlist_offers_made_total").increment(1);
+        }
+        if let Some(outcome) = offer_outcome {
+            metrics::counter!("miqat_waitlist_offers_ended_total", "outcome" => outcome)
+                .increment(1);
         }
         Ok(ticket)
     }

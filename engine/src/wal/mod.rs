@@ -79,6 +79,10 @@ pub struct WalStats {
     pub bytes_written: u64,
     /// Segments created, including the one [`Wal::open`] starts.
     pub segments_created: u64,
+    /// Bytes appended and not yet written by the flusher, now.
+    pub staged_bytes: u64,
+    /// The configured bound on staged bytes ([`WalConfig::staged_bytes_max`]).
+    pub staged_bytes_max: u64,
 }
 
 /// Everything that can go wrong in the write-ahead log.

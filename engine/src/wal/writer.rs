@@ -494,6 +494,8 @@ impl Wal {
             records_written: s.records_written.load(Ordering::Relaxed),
             bytes_written: s.bytes_written.load(Ordering::Relaxed),
             segments_created: s.segments_created.load(Ordering::Relaxed),
+            staged_bytes: self.inner.staged_bytes.load(Ordering::Relaxed) as u64,
+            staged_bytes_max: self.inner.config.staged_bytes_max as u64,
         }
     }
 

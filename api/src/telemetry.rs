@@ -195,6 +195,12 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         "The last wall-clock step not followed; 0 once the clock is trusted again.",
     ),
     (
+        "miqat_wal_failed",
+        Unit::Count,
+        "1 once the log has failed (fail-stop: writes are refused and the process exits after \
+         its grace), else 0.",
+    ),
+    (
         "miqat_wal_staged_bytes",
         Unit::Bytes,
         "Log bytes staged and not yet written, at scrape time.",

@@ -6,11 +6,82 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
-use miqat_api::ops::{Sample, parse_exposition};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::admin::Admin;
+
+/// One series of a scrape: name, labels and value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl Sample {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find_map(|(k, v)| (k == key).then_some(v.as_str()))
+    }
+}
+
+/// The series of a Prometheus text exposition (comments and lines that do not parse are
+/// left out).
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                number => number.parse().ok()?,
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}')?)?),
+                None => (series, Vec::new()),
+            };
+            Some(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            })
+        })
+        .collect()
+}
+
+/// `a="1",b="x \"y\""` as pairs; `None` if it is not well formed.
+fn parse_labels(mut text: &str) -> Option<Vec<(String, String)>> {
+    let mut labels = Vec::new();
+    while !text.is_empty() {
+        let (key, rest) = text.split_once("=\"")?;
+        let mut value = String::new();
+        let mut escaped = false;
+        let mut end = None;
+        for (at, c) in rest.char_indices() {
+            match (escaped, c) {
+                (true, 'n') => value.push('\n'),
+                (true, other) => value.push(other),
+                (false, '\\') => {
+                    escaped = true;
+                    continue;
+                }
+                (false, '"') => {
+                    end = Some(at);
+                    break;
+                }
+                (false, other) => value.push(other),
+            }
+            escaped = false;
+        }
+        labels.push((key.trim_start_matches(',').trim().to_owned(), value));
+        text = rest.get(end? + 1..)?.trim_start_matches(',');
+    }
+    Some(labels)
+}
 
 /// One interval between two scrapes, at the time of the later one.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -213,6 +284,20 @@ pub async fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_labels_with_escapes_commas_and_infinity() {
+        let samples = parse_exposition(
+            "# HELP x y\nx_total 3\ny{a=\"1\",b=\"q\\\"uo,te\"} 2.5\nh_bucket{le=\"+Inf\"} 7\nbad{a=1} 2\n",
+        );
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[0].name, "x_total");
+        assert_eq!(samples[0].value, 3.0);
+        assert_eq!(samples[1].label("a"), Some("1"));
+        assert_eq!(samples[1].label("b"), Some("q\"uo,te"));
+        assert_eq!(samples[1].value, 2.5);
+        assert_eq!(samples[2].label("le"), Some("+Inf"));
+    }
 
     #[test]
     fn quantiles_come_from_the_interval_not_the_whole_run() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use miqat_api::limits::Rate;
+use miqat_api::principals::Principals;
 use miqat_api::server::{ServeOptions, serve};
 use miqat_api::{ApiConfig, AppState, app};
 use miqat_engine::clock::SystemClock;
@@ -75,6 +76,11 @@ pub struct ServeArgs {
     /// it, the operator endpoints answer 401.
     #[arg(long, env = "MIQAT_OPERATOR_TOKEN", hide_env_values = true)]
     pub operator_token: Option<String>,
+    /// The principals file: callers of the operator endpoints with their roles (operator,
+    /// caravan_manager, payment_gateway, medical_centre, office), each behind the SHA-256 of
+    /// its bearer token (`miqat principals hash`); see docs/roles.md.
+    #[arg(long, env = "MIQAT_PRINCIPALS")]
+    pub principals: Option<PathBuf>,
     /// Start even if recovery proves that records which were durable once are gone (a lost
     /// snapshot, a damaged last record). The loss is logged at error level and a snapshot is
     /// taken at once. Without it, such a start is refused with the evidence.
@@ -124,11 +130,19 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| args.catalog.join("season.toml"));
     let season = load_season(&season_path, &catalog)?;
     let token = args.operator_token.clone().filter(|t| !t.is_empty());
-    if token.is_none() {
-        tracing::warn!("MIQAT_OPERATOR_TOKEN is not set: operator endpoints answer 401");
+    let principals = match &args.principals {
+        Some(path) => Principals::load(path, &catalog).map_err(anyhow::Error::msg)?,
+        None => Principals::none(),
+    };
+    if token.is_none() && principals.is_empty() {
+        tracing::warn!(
+            "neither MIQAT_OPERATOR_TOKEN nor --principals is set: operator endpoints answer 401"
+        );
     }
+    tracing::info!(principals = principals.len(), "principals loaded");
     let config = ApiConfig {
         operator_token: token,
+        principals,
         max_in_flight: args.max_in_flight,
         per_holder: Rate {
             per_second: args.holder_rate,

@@ -61,6 +61,8 @@ pub enum ApiError {
     },
     /// 401: missing or wrong operator token.
     Unauthorized,
+    /// 403: the principal's role never allows this action (nothing was looked up).
+    Forbidden(String),
     /// 404 for an unknown route parameter that is not a caravan or reservation.
     NotFound(&'static str, String),
     /// 405: the route exists, the method does not.
@@ -124,6 +126,10 @@ impl ApiError {
                     "operator endpoints need `Authorization: Bearer <token>`",
                 );
                 StatusCode::UNAUTHORIZED
+            }
+            ApiError::Forbidden(detail) => {
+                set(&mut p, "Forbidden", "forbidden", detail);
+                StatusCode::FORBIDDEN
             }
             ApiError::NotFound(code, detail) => {
                 set(&mut p, "Not found", code, detail);

@@ -2,6 +2,7 @@
 //! call and its answer into JSON; errors go through [`ApiError`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -25,6 +26,7 @@ use crate::dto::{
 };
 use crate::error::{ApiError, Problem};
 use crate::limits::retry_after_seconds;
+use crate::principals::Principal;
 
 /// `Json<T>` whose rejections are our problem documents (400 / 413).
 pub struct ApiJson<T>(pub T);
@@ -514,12 +516,9 @@ pub async fn waitlist_me(
     }))
 }
 
-/// Checks the operator's bearer token in constant time.
-fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    use subtle::ConstantTimeEq;
-    let Some(expected) = state.inner.config.operator_token.as_deref() else {
-        return Err(ApiError::Unauthorized);
-    };
+/// The principal whose bearer token the request carries (`401 unauthorized` if none is
+/// known; see [`crate::principals::Principals::authenticate`]).
+pub(crate) fn principal(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -529,11 +528,45 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) && !expected.is_empty() {
-        Ok(())
+    state
+        .inner
+        .principals
+        .authenticate(given)
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// The principal of the request if it is an operator: `403 forbidden` for any other role.
+fn operator(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+    let who = principal(state, headers)?;
+    if who.is_operator() {
+        Ok(who)
     } else {
-        Err(ApiError::Unauthorized)
+        Err(forbidden(&who, "this endpoint is for operators"))
     }
+}
+
+/// Logs an action `who` took, with how many items it touched or returned.
+pub(crate) fn audit(who: &Principal, action: &'static str, items: usize) {
+    tracing::info!(
+        target: "miqat::audit",
+        principal = %who.id,
+        role = who.role.as_str(),
+        action,
+        items,
+        "operator action"
+    );
+}
+
+/// `403 forbidden` for an action `who`'s role never has, logged for the audit trail.
+pub(crate) fn forbidden(who: &Principal, why: &str) -> ApiError {
+    tracing::warn!(
+        target: "miqat::audit",
+        principal = %who.id,
+        role = who.role.as_str(),
+        refused = why,
+        "action outside the principal's role"
+    );
+    ApiError::Forbidden(format!("{} ({}): {why}", who.id, who.role.as_str()))
 }
 
 /// `POST /v1/reservations/{id}/events` (operator): complete the pending stage, or end the
@@ -548,15 +581,36 @@ pub async fn event(
     headers: HeaderMap,
     ApiJson(body): ApiJson<EventRequest>,
 ) -> Result<Response, ApiError> {
-    operator(&state, &headers)?;
+    let who = principal(&state, &headers)?;
     let kind = OperatorEvent::parse(body.kind.trim()).ok_or_else(|| ApiError::InvalidField {
         field: "kind".into(),
         message: format!("unknown event {:?}", body.kind),
     })?;
+    if !who.may_report(kind) {
+        return Err(forbidden(&who, "the role does not report this event"));
+    }
     let id = reservation_id(&id)?;
     let engine = state.engine()?;
+    if !who.acts_on_any_reservation() {
+        // A caravan manager: someone else's caravan's reservation is as good as missing. A
+        // reservation never changes caravan, so the check cannot go stale.
+        let caravan = engine.reservation(id).map(|r| r.caravan);
+        if !caravan.is_some_and(|c| who.runs_caravan(c)) {
+            return Err(EngineError::ReservationNotFound.into());
+        }
+    }
     let decided = engine.operator_event_keyed(id, kind, idempotency_key(&headers)?)?;
     engine.durable(decided.ticket).await?;
+    tracing::info!(
+        target: "miqat::audit",
+        principal = %who.id,
+        role = who.role.as_str(),
+        action = "event",
+        reservation = %id,
+        kind = kind.as_str(),
+        replayed = decided.value.1,
+        "reservation event"
+    );
     Ok(replayable(&state, StatusCode::OK, decided.value))
 }
 
@@ -585,7 +639,7 @@ pub async fn admin_reservations(
     headers: HeaderMap,
     query: Result<Query<AdminQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    operator(&state, &headers)?;
+    let who = operator(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::InvalidField {
         field: "query".into(),
         message: e.body_text(),
@@ -629,6 +683,7 @@ pub async fn admin_reservations(
         q.limit.unwrap_or(1_000).clamp(1, 10_000)
     };
     let views = engine.reservations(&filter, offset, limit);
+    audit(&who, "export", views.len());
     let items: Vec<Reservation> = views.iter().map(|v| reservation_json(&state, v)).collect();
     if csv {
         let mut out = String::from(
@@ -666,7 +721,7 @@ pub async fn admin_reservations(
     .into_response())
 }
 
-fn csv_field(text: &str) -> String {
+pub(crate) fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
@@ -681,9 +736,10 @@ pub async fn admin_stats(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Stats>, ApiError> {
-    operator(&state, &headers)?;
+    let who = operator(&state, &headers)?;
     let engine = state.engine()?;
     let s = engine.stats();
+    audit(&who, "stats", 0);
     let wal = engine.wal_stats().unwrap_or_default();
     Ok(Json(Stats {
         seats_total: s.seats_total,
@@ -732,7 +788,7 @@ pub async fn replace_waves(
     query: Result<Query<WavesQuery>, axum::extract::rejection::QueryRejection>,
     ApiJson(body): ApiJson<Vec<WaveDto>>,
 ) -> Result<Json<Vec<WaveDto>>, ApiError> {
-    operator(&state, &headers)?;
+    let who = operator(&state, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::InvalidField {
         field: "query".into(),
         message: e.body_text(),
@@ -772,7 +828,7 @@ pub async fn replace_waves(
     let engine = state.engine()?;
     let decided = engine.replace_schedule_with(waves, order)?;
     engine.durable(decided.ticket).await?;
-    tracing::info!(waves = body.len(), "schedule replaced by an operator");
+    audit(&who, "replace_waves", body.len());
     Ok(Json(
         engine
             .schedule()

@@ -12,6 +12,8 @@ pub mod error;
 pub mod handlers;
 pub mod limits;
 pub mod openapi;
+pub mod principals;
+pub mod roster;
 pub mod server;
 
 use std::sync::{Arc, OnceLock};
@@ -30,6 +32,7 @@ use miqat_engine::catalog::{Catalog, ProvinceIdx};
 use crate::cache::CaravanListCache;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::{Admission, KeyedLimiter, Rate, retry_after_seconds};
+use crate::principals::Principals;
 
 /// Request bodies are limited to this many bytes (16 KiB); larger ones get 413.
 pub const BODY_BYTES_MAX: usize = 16 * 1024;
@@ -37,8 +40,12 @@ pub const BODY_BYTES_MAX: usize = 16 * 1024;
 /// How the API behaves; [`ApiConfig::default`] suits production.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// The operator's bearer token; `None` closes the operator endpoints.
+    /// The operator's bearer token (`MIQAT_OPERATOR_TOKEN`), an `operator` principal beside
+    /// `principals`; `None` adds none.
     pub operator_token: Option<String>,
+    /// The principals of the principals file (`--principals`); with no principal and no
+    /// operator token the operator endpoints answer 401.
+    pub principals: Principals,
     /// Requests in flight at most; past it, `503 overloaded` at once.
     pub max_in_flight: usize,
     /// Rate limit per national ID (applicant endpoints).
@@ -53,6 +60,7 @@ impl Default for ApiConfig {
     fn default() -> ApiConfig {
         ApiConfig {
             operator_token: None,
+            principals: Principals::none(),
             max_in_flight: 4_096,
             per_holder: Rate {
                 per_second: 5.0,
@@ -69,7 +77,8 @@ impl Default for ApiConfig {
 
 pub(crate) struct Inner {
     pub(crate) catalog: Arc<Catalog>,
-    pub(crate) config: ApiConfig,
+    /// `config.principals` plus the operator token's principal.
+    pub(crate) principals: Principals,
     pub(crate) engine: OnceLock<Arc<Engine>>,
     pub(crate) cache: CaravanListCache,
     pub(crate) admission: Admission,
@@ -92,14 +101,18 @@ impl AppState {
         config: ApiConfig,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
+        let principals = config
+            .principals
+            .clone()
+            .with_operator_token(config.operator_token.as_deref().unwrap_or(""));
         AppState {
             inner: Arc::new(Inner {
+                principals,
                 cache: CaravanListCache::new(config.list_max_age),
                 admission: Admission::new(config.max_in_flight),
                 holder_limiter: KeyedLimiter::new(config.per_holder, 20),
                 client_limiter: KeyedLimiter::new(config.per_client, 16),
                 catalog,
-                config,
                 engine: OnceLock::new(),
                 metrics,
             }),
@@ -127,6 +140,7 @@ pub fn app(state: AppState) -> Router {
             get(handlers::province_caravans),
         )
         .route("/v1/caravans/{id}", get(handlers::caravan))
+        .route("/v1/caravans/{id}/roster", get(roster::roster))
         .route("/v1/reservations", post(handlers::reserve))
         .route(
             "/v1/reservations/{id}",

@@ -16,5 +16,6 @@ mod events;
 mod limits;
 mod operations;
 mod reservations;
+mod roles;
 mod waitlist;
 mod waves;

@@ -289,6 +289,34 @@ fn engine_problem(
             p.field = Some("waves".to_owned());
             StatusCode::UNPROCESSABLE_ENTITY
         }
+        EngineError::TransferUsed => {
+            set(p, "Transfer used", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::TransferClosed => {
+            set(p, "Transfers closed", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::GiverHasReservation => {
+            set(p, "Giver has a reservation", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::ReceiverHoldsReceipt => {
+            set(p, "Receiver holds a receipt", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::DispatchFrozen => {
+            set(p, "Dispatch city frozen", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::ProvinceChangeUnsupported => {
+            set(p, "Province change unsupported", code, &detail);
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        EngineError::ReceiptTransferred => {
+            set(p, "Receipt transferred", code, &detail);
+            StatusCode::FORBIDDEN
+        }
         EngineError::Overloaded => {
             set(p, "Overloaded", code, &detail);
             return (StatusCode::SERVICE_UNAVAILABLE, Some(1));

@@ -687,11 +687,11 @@ pub async fn admin_reservations(
     let items: Vec<Reservation> = views.iter().map(|v| reservation_json(&state, v)).collect();
     if csv {
         let mut out = String::from(
-            "id,national_id,caravan_id,province_id,status,stage,deadline,created_at,updated_at,end_reason\n",
+            "id,national_id,caravan_id,province_id,status,stage,deadline,created_at,updated_at,end_reason,transferred_from\n",
         );
         for r in &items {
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{}\n",
                 r.id,
                 r.national_id,
                 csv_field(&r.caravan_id),
@@ -701,7 +701,8 @@ pub async fn admin_reservations(
                 r.deadline.as_deref().unwrap_or(""),
                 r.created_at,
                 r.updated_at,
-                r.end_reason.unwrap_or("")
+                r.end_reason.unwrap_or(""),
+                r.transferred_from.as_deref().unwrap_or("")
             ));
         }
         let mut response = out.into_response();

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod dto;
 pub mod error;
 pub mod handlers;
+pub mod holders;
 pub mod limits;
 pub mod openapi;
 pub mod principals;
@@ -153,6 +154,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/admin/reservations", get(handlers::admin_reservations))
         .route("/v1/admin/stats", get(handlers::admin_stats))
         .route("/v1/admin/waves", put(handlers::replace_waves))
+        .route("/v1/admin/transfers", post(holders::transfer))
+        .route(
+            "/v1/admin/holders/{national_id}/dispatch",
+            put(holders::change_dispatch),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), admit));

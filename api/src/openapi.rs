@@ -16,13 +16,15 @@ use crate::{dto, error, handlers};
         handlers::join_waitlist, handlers::waitlist_me, handlers::event,
         handlers::admin_reservations, handlers::admin_stats, handlers::replace_waves,
         handlers::healthz, handlers::readyz, crate::metrics_text, serve,
-        crate::roster::roster,
+        crate::roster::roster, crate::holders::transfer, crate::holders::change_dispatch,
     ),
     components(schemas(
         dto::ReserveRequest, dto::Credentials, dto::EventRequest, dto::Reservation, dto::Province,
         dto::Caravan, dto::CaravanSummary, dto::WaveDto, dto::WaitlistPlace, dto::ReservationPage,
         dto::Stats, dto::StatusCounts, error::Problem,
-        crate::roster::Roster, crate::roster::RosterEntry,
+        crate::roster::Roster, crate::roster::RosterEntry, crate::holders::TransferRequestBody,
+        crate::holders::TransferReceiver, crate::holders::DispatchRequest,
+        crate::holders::HolderProfileDto,
     )),
     modifiers(&BearerAuth),
 )]

@@ -30,5 +30,8 @@ mod planted;
 mod sync;
 mod waitlist;
 
-pub use engine::{Committed, Engine, EngineConfig, EngineStats, ReservationFilter, ReserveOutcome};
+pub use engine::{
+    Committed, Engine, EngineConfig, EngineStats, HolderProfile, ReservationFilter, ReserveOutcome,
+    TransferRequest,
+};
 pub use error::EngineError;

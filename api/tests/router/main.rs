@@ -17,5 +17,6 @@ mod limits;
 mod operations;
 mod reservations;
 mod roles;
+mod transfers;
 mod waitlist;
 mod waves;

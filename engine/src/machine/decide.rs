@@ -116,10 +116,18 @@ pub(crate) fn decide(
     }
 }
 
-fn facts<'c>(ctx: &Ctx<'c>, holder: HolderIdx) -> Result<HolderFacts, EngineError> {
-    ctx.catalog
+/// The holder's facts with the city of dispatch in force (a dispatch change or a transfer may
+/// have moved it).
+fn facts<'c>(
+    st: &ShardState,
+    ctx: &Ctx<'c>,
+    holder: HolderIdx,
+) -> Result<HolderFacts, EngineError> {
+    let facts = ctx
+        .catalog
         .holder_facts(holder)
-        .ok_or(EngineError::InvalidCredentials)
+        .ok_or(EngineError::InvalidCredentials)?;
+    Ok(st.facts_in_force(facts))
 }
 
 fn reserve(
@@ -131,7 +139,7 @@ fn reserve(
     now_ms: i64,
     secret: u128,
 ) -> Result<Decision, EngineError> {
-    let h = facts(ctx, holder)?;
+    let h = facts(st, ctx, holder)?;
     let c = ctx
         .catalog
         .caravans()
@@ -205,7 +213,7 @@ fn on_reservation(
         op,
         reservation: r.id,
     };
-    let local = facts(ctx, r.holder)
+    let local = facts(st, ctx, r.holder)
         .map_err(|_| EngineError::ReservationNotFound)?
         .local;
     if let Some((at_ms, answer)) = key_replay(st, ctx, local, key, keyed_op, now_ms)? {
@@ -311,7 +319,7 @@ fn join(
     key: &[u8],
     now_ms: i64,
 ) -> Result<Decision, EngineError> {
-    let h = facts(ctx, holder)?;
+    let h = facts(st, ctx, holder)?;
     if h.receipt_status == ReceiptStatus::NeedsConversion {
         return Err(EngineError::ReceiptNeedsConversion);
     }

@@ -14,6 +14,7 @@ pub mod holders;
 pub mod limits;
 pub mod openapi;
 pub mod principals;
+pub mod queue_pass;
 pub mod roster;
 pub mod server;
 

@@ -23,6 +23,7 @@ pub mod persist;
 pub mod record;
 pub mod season;
 pub mod sim;
+pub mod waiting_room;
 pub mod wal;
 
 mod machine;

@@ -391,7 +391,7 @@ fn replayable(
 /// `GET /v1/reservations/{id}`: the holder's own reservation (credentials in headers).
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "applicant",
     params(("id" = String, Path), ("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header)),
-    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 403, description = "`receipt_transferred`: the holder gave their receipt away", body = Problem), (status = 404, body = Problem)))]
 pub async fn get_reservation(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -415,7 +415,7 @@ pub async fn get_reservation(
 #[utoipa::path(delete, path = "/v1/reservations/{id}", tag = "applicant",
     params(("id" = String, Path), ("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header),
         ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes: a retry with it gets the original answer (header `idempotent-replayed: true`); reused for another request: 422 `idempotency_key_reused`")),
-    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 403, description = "`receipt_transferred`: the holder gave their receipt away", body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem)))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -434,7 +434,7 @@ pub async fn cancel(
 /// or in the headers when the body is empty).
 #[utoipa::path(post, path = "/v1/reservations/{id}/accept", tag = "applicant",
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes: a retry with it gets the original answer (header `idempotent-replayed: true`); reused for another request: 422 `idempotency_key_reused`")), request_body = Option<Credentials>,
-    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 403, description = "`receipt_transferred`: the holder gave their receipt away", body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem)))]
 pub async fn accept(
     State(state): State<AppState>,
@@ -497,7 +497,7 @@ pub async fn join_waitlist(
 /// `GET /v1/waitlist/me`: the holder's position, or their open offer.
 #[utoipa::path(get, path = "/v1/waitlist/me", tag = "applicant",
     params(("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header)),
-    responses((status = 200, body = WaitlistPlace), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = WaitlistPlace), (status = 401, body = Problem), (status = 403, description = "`receipt_transferred`: the holder gave their receipt away", body = Problem), (status = 404, body = Problem)))]
 pub async fn waitlist_me(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -573,7 +573,7 @@ pub(crate) fn forbidden(who: &Principal, why: &str) -> ApiError {
 /// registration (`medical_rejected`, `deceased`).
 #[utoipa::path(post, path = "/v1/reservations/{id}/events", tag = "operator",
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes: a retry with it gets the original answer (header `idempotent-replayed: true`); reused for another request: 422 `idempotency_key_reused`")), request_body = EventRequest, security(("bearer" = [])),
-    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 403, description = "`forbidden`: the principal's role does not allow it", body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn event(
     State(state): State<AppState>,
@@ -633,7 +633,7 @@ pub struct AdminQuery {
 /// `GET /v1/admin/reservations` (operator): JSON pages, or CSV with `Accept: text/csv`.
 #[utoipa::path(get, path = "/v1/admin/reservations", tag = "operator", params(AdminQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = ReservationPage), (status = 401, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = ReservationPage), (status = 401, body = Problem), (status = 403, description = "`forbidden`: the principal's role does not allow it", body = Problem), (status = 422, body = Problem)))]
 pub async fn admin_reservations(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -732,7 +732,7 @@ pub(crate) fn csv_field(text: &str) -> String {
 
 /// `GET /v1/admin/stats` (operator): engine-wide counts.
 #[utoipa::path(get, path = "/v1/admin/stats", tag = "operator", security(("bearer" = [])),
-    responses((status = 200, body = Stats), (status = 401, body = Problem)))]
+    responses((status = 200, body = Stats), (status = 401, body = Problem), (status = 403, description = "`forbidden`: the principal's role does not allow it", body = Problem)))]
 pub async fn admin_stats(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -781,7 +781,7 @@ pub struct WavesQuery {
 /// reserve wave takes later ones. Other defects answer `422 invalid_field`.
 #[utoipa::path(put, path = "/v1/admin/waves", tag = "operator", request_body = [WaveDto],
     params(WavesQuery), security(("bearer" = [])),
-    responses((status = 200, body = [WaveDto]), (status = 401, body = Problem),
+    responses((status = 200, body = [WaveDto]), (status = 401, body = Problem), (status = 403, description = "`forbidden`: the principal's role does not allow it", body = Problem),
         (status = 422, description = "`invalid_field`, or `schedule_out_of_order`", body = Problem)))]
 pub async fn replace_waves(
     State(state): State<AppState>,

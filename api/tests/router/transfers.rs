@@ -265,3 +265,20 @@ async fn a_dispatch_change_moves_the_holder_to_another_city_until_their_wave_ope
     let r = fx.join(&to).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }
+
+#[tokio::test]
+async fn a_receivers_tracking_code_in_persian_digits_matches_its_ascii_form() {
+    let fx = fx();
+    let given = Holder {
+        national_id: format_national_id(nid(600)),
+        tracking_code: " ۱۲۳۴ ".into(),
+    };
+    let r = transfer(&fx, NORTH, &transfer_body("r0", &given, 1, "A")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    fx.clock.advance(60_000);
+    let typed = Holder {
+        tracking_code: "1234".into(),
+        ..given
+    };
+    fx.reserve_ok(&typed, "a1").await;
+}

@@ -103,6 +103,12 @@ impl Engine {
     /// `giver_has_reservation` as [`decide_profile_change`] says; `invalid_field` for a city
     /// outside the receipt's province or an oversized field.
     pub fn transfer(&self, request: TransferRequest<'_>) -> Result<Committed<()>, EngineError> {
+        // Stored as authentication compares: trimmed, Persian digits as ASCII.
+        let code = crate::calendar::normalize_digits(request.tracking_code.trim());
+        let request = TransferRequest {
+            tracking_code: &code,
+            ..request
+        };
         check_len(
             "to.tracking_code",
             request.tracking_code,

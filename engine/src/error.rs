@@ -86,8 +86,11 @@ pub enum EngineError {
     /// The receipt was transferred once already.
     #[error("this receipt was transferred once already; a receipt is transferred at most once")]
     TransferUsed,
-    /// A wave admitting the receipt has opened: transfers of it are closed.
-    #[error("transfers of this receipt closed when a wave admitting it opened")]
+    /// A wave admitting the receipt has opened, or opens within
+    /// [`crate::TRANSFERS_CLOSE_BEFORE_OPENING_MS`]: transfers of it are closed.
+    #[error(
+        "transfers of this receipt are closed: a wave admitting it opens within 10 seconds or has opened"
+    )]
     TransferClosed,
     /// The giver holds or held a reservation, or waits on the waiting list.
     #[error("the giver holds or held a reservation this season, or is on a waiting list")]

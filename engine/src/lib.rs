@@ -36,3 +36,4 @@ pub use engine::{
     TransferRequest,
 };
 pub use error::EngineError;
+pub use machine::TRANSFERS_CLOSE_BEFORE_OPENING_MS;

@@ -17,11 +17,12 @@ use miqat_engine::wal::{MemStorage, Storage};
 use miqat_engine::{Engine, EngineConfig, EngineError, ReservationFilter, TransferRequest};
 use proptest::prelude::*;
 
-/// One province, two cities, caravans smaller than the crowd; the wave opens at T0+10s.
+/// One province, two cities, caravans smaller than the crowd; the wave opens at T0+30s
+/// (transfers close 10 s before).
 const WORLD: &str = "
     province 1 North شمال: city A: a1 cap 2; city B: b1 cap 1
     holders: ids from 1000; receipts from day 100; 3 per city
-    wave main until day 150 opens T0+10s
+    wave main until day 150 opens T0+30s
     stages: documents 10s, first_payment 20s, medical 30s, final_payment 40s; offers 5s
 ";
 /// People who hold no receipt of the catalog: national IDs 5000 + n.
@@ -56,7 +57,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u32..6, 0usize..10, 0u8..2).prop_map(|(receipt, to, city)| Op::Transfer { receipt, to, city }),
         1 => (0usize..10, 0u8..2).prop_map(|(person, city)| Op::Dispatch { person, city }),
         3 => (0usize..10, 0u32..2).prop_map(|(person, caravan)| Op::Reserve { person, caravan }),
-        1 => (1i64..8_000).prop_map(|ms| Op::Tick { ms }),
+        1 => (1i64..15_000).prop_map(|ms| Op::Tick { ms }),
         1 => Just(Op::Snapshot),
         1 => Just(Op::Crash),
     ]
@@ -300,7 +301,7 @@ fn a_transfer_and_a_dispatch_change_survive_a_snapshot_and_a_replay() {
         "receipt_transferred"
     );
     // The receiver, now in city B, registers in b1 at the opening.
-    h.run(&Op::Tick { ms: 10_000 }).unwrap();
+    h.run(&Op::Tick { ms: 30_000 }).unwrap();
     let e = &h.engine;
     let holder = e.authenticate(receiver, &h.people[6].1).unwrap();
     let b1 = h.catalog.caravan_by_id("b1").unwrap();

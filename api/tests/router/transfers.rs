@@ -183,7 +183,13 @@ async fn a_receipt_is_transferred_once_and_only_to_someone_without_one() {
 #[tokio::test]
 async fn transfers_close_at_the_opening_and_refuse_a_giver_who_registered() {
     let fx = fx();
-    fx.clock.advance(60_000);
+    // Transfers close 10 seconds before the opening; dispatch changes at the opening.
+    fx.clock.advance(50_000);
+    let r = transfer(&fx, NORTH, &transfer_body("r0", &newcomer(0), 1, "A")).await;
+    assert_problem(&r, StatusCode::CONFLICT, "transfer_closed");
+    let r = dispatch(&fx, NORTH, &a(6).national_id, 1, "B").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    fx.clock.advance(10_000);
     let r = transfer(&fx, NORTH, &transfer_body("r0", &newcomer(0), 1, "A")).await;
     assert_problem(&r, StatusCode::CONFLICT, "transfer_closed");
     // A holder who registered, after the wave was postponed: still refused.

@@ -10,6 +10,12 @@ use crate::season::NotEligible;
 use super::Ctx;
 use super::state::ShardState;
 
+/// Transfers of a receipt close this long before a wave admitting it opens. A holder's
+/// request authenticates, then decides, in one synchronous call; with this margin a giver's
+/// request that authenticated just before their receipt was transferred cannot be decided
+/// after the opening under the receipt that is no longer theirs.
+pub const TRANSFERS_CLOSE_BEFORE_OPENING_MS: i64 = 10_000;
+
 /// A holder's profile as changed since the catalog was loaded (kept per province, by the
 /// holder's index among the province's holders).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,9 +151,14 @@ pub(crate) fn decide_profile_change(
         return Err(EngineError::TransferUsed);
     }
     let province_id = ctx.catalog.provinces()[usize::from(facts.province)].id;
+    let closing_ms = if transfer {
+        now_ms.saturating_add(TRANSFERS_CLOSE_BEFORE_OPENING_MS)
+    } else {
+        now_ms
+    };
     let open = match st
         .schedule
-        .eligibility(province_id, facts.receipt_day, now_ms)
+        .eligibility(province_id, facts.receipt_day, closing_ms)
     {
         Ok(()) => true,
         Err(NotEligible::NotOpen { .. } | NotEligible::NotCalled) => false,

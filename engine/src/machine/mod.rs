@@ -16,6 +16,7 @@ mod holders;
 mod state;
 
 pub(crate) use decide::{Command, Decision, Reply, decide, decide_schedule};
+pub use holders::TRANSFERS_CLOSE_BEFORE_OPENING_MS;
 pub(crate) use holders::{Profile, ProfileChange, Receiver, decide_profile_change};
 pub(crate) use state::{
     IdempotencyEntry, KeyAnswer, KeyedOp, Shard, ShardCounters, ShardImage, ShardState,

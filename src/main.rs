@@ -72,6 +72,16 @@ enum Command {
     /// writes, fsync errors, bit flips and clock steps, from seeds; every violation is printed
     /// with the command that replays it. Exits 1 if any was found.
     Sim(sim::SimArgs),
+    /// Principals of the operator endpoints (see docs/roles.md).
+    #[command(subcommand)]
+    Principals(PrincipalsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum PrincipalsCommand {
+    /// Print the `token_sha256` of a bearer token for the principals file. The token is read
+    /// from the first line of standard input, so it never appears in a process list.
+    Hash,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +127,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             };
         }
+        Command::Principals(PrincipalsCommand::Hash) => hash_token(),
         Command::Loadtest(mut args) => {
             args.connections = connections_within_limit(args.connections, 1);
             return run_loadtest(&args);
@@ -161,6 +172,18 @@ fn run_gen(
         out.display(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `miqat principals hash`: the hex SHA-256 of the token on standard input's first line.
+fn hash_token() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let token = line.trim();
+    if token.is_empty() {
+        anyhow::bail!("no token on standard input");
+    }
+    println!("{}", miqat_api::principals::token_sha256_hex(token));
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use anyhow::Context;
 use miqat_api::client_ip::IpBlock;
 use miqat_api::cors::CorsPolicy;
 use miqat_api::limits::Rate;
+use miqat_api::principals::Principals;
 use miqat_api::server::{ServeOptions, serve};
 use miqat_api::{ApiConfig, AppState, admin_app, app, public_app};
 use miqat_engine::clock::SystemClock;
@@ -121,6 +122,11 @@ pub struct ServeArgs {
     /// drains and exits with status 1 for its supervisor to restart it.
     #[arg(long, env = "MIQAT_FAIL_STOP_GRACE_SECS", default_value_t = 5.0, value_parser = positive_seconds)]
     pub fail_stop_grace_secs: f64,
+    /// The principals file: callers of the operator endpoints with their roles (operator,
+    /// caravan_manager, payment_gateway, medical_centre, office), each behind the SHA-256 of
+    /// its bearer token (`miqat principals hash`); see docs/roles.md.
+    #[arg(long, env = "MIQAT_PRINCIPALS")]
+    pub principals: Option<PathBuf>,
     /// Start even if recovery proves that records which were durable once are gone (a lost
     /// snapshot, a damaged last record). The loss is logged at error level and a snapshot is
     /// taken at once. Without it, such a start is refused with the evidence.
@@ -163,7 +169,7 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.catalog.join("season.toml"));
     let season = load_season(&season_path, &catalog)?;
-    let config = api_config(&args)?;
+    let config = api_config(&args, &catalog)?;
     let state = AppState::new(Arc::clone(&catalog), config, Some(metrics));
     let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let admin_listener = match args.admin_listen {
@@ -288,7 +294,10 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// The API's configuration from the command line.
-fn api_config(args: &ServeArgs) -> anyhow::Result<ApiConfig> {
+fn api_config(
+    args: &ServeArgs,
+    catalog: &miqat_engine::catalog::Catalog,
+) -> anyhow::Result<ApiConfig> {
     let token = match &args.operator_token_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -303,16 +312,22 @@ fn api_config(args: &ServeArgs) -> anyhow::Result<ApiConfig> {
         }
         None => args.operator_token.clone().filter(|t| !t.is_empty()),
     };
-    if token.is_none() {
+    let principals = match &args.principals {
+        Some(path) => Principals::load(path, catalog).map_err(anyhow::Error::msg)?,
+        None => Principals::none(),
+    };
+    if token.is_none() && principals.is_empty() {
         tracing::warn!(
-            "no operator token (MIQAT_OPERATOR_TOKEN or MIQAT_OPERATOR_TOKEN_FILE): operator \
-             endpoints answer 401"
+            "no operator token (MIQAT_OPERATOR_TOKEN or MIQAT_OPERATOR_TOKEN_FILE) and no \
+             --principals: operator endpoints answer 401"
         );
     }
+    tracing::info!(principals = principals.len(), "principals loaded");
     let cors =
         CorsPolicy::new(&args.cors_origins).map_err(|e| anyhow::anyhow!("--cors-origin: {e}"))?;
     Ok(ApiConfig {
         operator_token: token,
+        principals,
         max_in_flight: args.max_in_flight,
         per_holder: Rate {
             per_second: args.holder_rate,

@@ -74,6 +74,10 @@ pub struct Reservation {
     /// Why it ended, once it has.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<&'static str>,
+    /// The holder the catalog lists for the receipt, when it was transferred to the holder
+    /// named in `national_id` (receipt priority transfer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transferred_from: Option<String>,
 }
 
 impl Reservation {
@@ -94,6 +98,20 @@ impl Reservation {
             updated_at: format_rfc3339_utc(view.updated_ms),
             updated_at_jalali: format_tehran_jalali(view.updated_ms),
             end_reason: view.end_reason.map(|r| r.as_str()),
+            transferred_from: None,
+        }
+    }
+
+    /// [`Reservation::from_view`] with `transferred_from` filled in: for the operator's export
+    /// only, since the giver's national ID is not the receiver's to see.
+    pub fn from_view_for_operator(catalog: &Catalog, view: &ReservationView) -> Reservation {
+        Reservation {
+            transferred_from: catalog
+                .holder_facts(view.holder)
+                .map(|h| h.national_id)
+                .filter(|&listed| listed != view.national_id)
+                .map(format_national_id),
+            ..Reservation::from_view(catalog, view)
         }
     }
 }

@@ -61,6 +61,8 @@ pub enum ApiError {
     },
     /// 401: missing or wrong operator token.
     Unauthorized,
+    /// 403: the principal's role never allows this action (nothing was looked up).
+    Forbidden(String),
     /// 404 for an unknown route parameter that is not a caravan or reservation.
     NotFound(&'static str, String),
     /// 405: the route exists, the method does not.
@@ -126,6 +128,10 @@ impl ApiError {
                     "operator endpoints need `Authorization: Bearer <token>`",
                 );
                 StatusCode::UNAUTHORIZED
+            }
+            ApiError::Forbidden(detail) => {
+                set(&mut p, "Forbidden", "forbidden", detail);
+                StatusCode::FORBIDDEN
             }
             ApiError::NotFound(code, detail) => {
                 set(&mut p, "Not found", code, detail);
@@ -297,6 +303,34 @@ fn engine_problem(
             p.field = Some("waves".to_owned());
             StatusCode::UNPROCESSABLE_ENTITY
         }
+        EngineError::TransferUsed => {
+            set(p, "Transfer used", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::TransferClosed => {
+            set(p, "Transfers closed", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::GiverHasReservation => {
+            set(p, "Giver has a reservation", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::ReceiverHoldsReceipt => {
+            set(p, "Receiver holds a receipt", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::DispatchFrozen => {
+            set(p, "Dispatch city frozen", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::ProvinceChangeUnsupported => {
+            set(p, "Province change unsupported", code, &detail);
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        EngineError::ReceiptTransferred => {
+            set(p, "Receipt transferred", code, &detail);
+            StatusCode::FORBIDDEN
+        }
         EngineError::Overloaded => {
             set(p, "Overloaded", code, &detail);
             return (StatusCode::SERVICE_UNAVAILABLE, Some(1));
@@ -376,6 +410,16 @@ pub const ERROR_CODES: &[&str] = &[
     "internal_error",
     "overloaded",
     "not_ready",
+    "forbidden",
+    "receipt_transferred",
+    "receipt_not_found",
+    "holder_not_found",
+    "transfer_used",
+    "transfer_closed",
+    "giver_has_reservation",
+    "receiver_holds_receipt",
+    "dispatch_frozen",
+    "province_change_unsupported",
 ];
 
 #[cfg(test)]
@@ -420,6 +464,13 @@ mod tests {
             EngineError::LogFailed("disk".into()),
             EngineError::Config("c".into()),
             EngineError::Recovery("r".into()),
+            EngineError::TransferUsed,
+            EngineError::TransferClosed,
+            EngineError::GiverHasReservation,
+            EngineError::ReceiverHoldsReceipt,
+            EngineError::DispatchFrozen,
+            EngineError::ProvinceChangeUnsupported,
+            EngineError::ReceiptTransferred,
         ];
         let mut errors: Vec<ApiError> = engine_errors.into_iter().map(ApiError::from).collect();
         errors.extend([
@@ -436,8 +487,15 @@ mod tests {
             ApiError::Overloaded(1),
             ApiError::NotReady,
             ApiError::Stopped("disk".into()),
+            ApiError::Forbidden("f".into()),
         ]);
-        for code in ["not_found", "province_not_found", "not_waiting"] {
+        for code in [
+            "not_found",
+            "province_not_found",
+            "not_waiting",
+            "receipt_not_found",
+            "holder_not_found",
+        ] {
             errors.push(ApiError::NotFound(code, String::new()));
         }
         for e in &errors {
@@ -454,6 +512,7 @@ mod tests {
                 | ApiError::Overloaded(_)
                 | ApiError::NotReady
                 | ApiError::Stopped(_)
+                | ApiError::Forbidden(_)
                 | ApiError::Engine(..) => {}
             }
         }

@@ -2,6 +2,7 @@
 //! call and its answer into JSON; errors go through [`ApiError`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -25,6 +26,7 @@ use crate::dto::{
 };
 use crate::error::{ApiError, Problem};
 use crate::limits::retry_after_seconds;
+use crate::principals::Principal;
 
 /// `Json<T>` whose rejections are our problem documents (400 / 413).
 pub struct ApiJson<T>(pub T);
@@ -395,7 +397,7 @@ fn replayable(
 /// `GET /v1/reservations/{id}`: the holder's own reservation (credentials in headers).
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "applicant",
     params(("id" = String, Path), ("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header)),
-    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 403, description = "`receipt_transferred`: the holder gave their receipt away", body = Problem), (status = 404, body = Problem)))]
 pub async fn get_reservation(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -419,7 +421,7 @@ pub async fn get_reservation(
 #[utoipa::path(delete, path = "/v1/reservations/{id}", tag = "applicant",
     params(("id" = String, Path), ("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header),
         ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes: a retry with it gets the original answer (header `idempotent-replayed: true`); reused for another request: 422 `idempotency_key_reused`")),
-    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 403, description = "`receipt_transferred`: the holder gave their receipt away", body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem)))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -438,7 +440,7 @@ pub async fn cancel(
 /// or in the headers when the body is empty).
 #[utoipa::path(post, path = "/v1/reservations/{id}/accept", tag = "applicant",
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes: a retry with it gets the original answer (header `idempotent-replayed: true`); reused for another request: 422 `idempotency_key_reused`")), request_body = Option<Credentials>,
-    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 403, description = "`receipt_transferred`: the holder gave their receipt away", body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem)))]
 pub async fn accept(
     State(state): State<AppState>,
@@ -501,7 +503,7 @@ pub async fn join_waitlist(
 /// `GET /v1/waitlist/me`: the holder's position, or their open offer.
 #[utoipa::path(get, path = "/v1/waitlist/me", tag = "applicant",
     params(("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header)),
-    responses((status = 200, body = WaitlistPlace), (status = 401, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = WaitlistPlace), (status = 401, body = Problem), (status = 403, description = "`receipt_transferred`: the holder gave their receipt away", body = Problem), (status = 404, body = Problem)))]
 pub async fn waitlist_me(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -520,12 +522,9 @@ pub async fn waitlist_me(
     }))
 }
 
-/// Checks the operator's bearer token in constant time.
-fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    use subtle::ConstantTimeEq;
-    let Some(expected) = state.inner.config.operator_token.as_deref() else {
-        return Err(ApiError::Unauthorized);
-    };
+/// The principal whose bearer token the request carries (`401 unauthorized` if none is
+/// known; see [`crate::principals::Principals::authenticate`]).
+pub(crate) fn principal(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -535,18 +534,52 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         })
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) && !expected.is_empty() {
-        Ok(())
+    state
+        .inner
+        .principals
+        .authenticate(given)
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// The principal of the request if it is an operator: `403 forbidden` for any other role.
+fn operator(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+    let who = principal(state, headers)?;
+    if who.is_operator() {
+        Ok(who)
     } else {
-        Err(ApiError::Unauthorized)
+        Err(forbidden(&who, "this endpoint is for operators"))
     }
+}
+
+/// Logs an action `who` took, with how many items it touched or returned.
+pub(crate) fn audit(who: &Principal, action: &'static str, items: usize) {
+    tracing::info!(
+        target: "miqat::audit",
+        principal = %who.id,
+        role = who.role.as_str(),
+        action,
+        items,
+        "operator action"
+    );
+}
+
+/// `403 forbidden` for an action `who`'s role never has, logged for the audit trail.
+pub(crate) fn forbidden(who: &Principal, why: &str) -> ApiError {
+    tracing::warn!(
+        target: "miqat::audit",
+        principal = %who.id,
+        role = who.role.as_str(),
+        refused = why,
+        "action outside the principal's role"
+    );
+    ApiError::Forbidden(format!("{} ({}): {why}", who.id, who.role.as_str()))
 }
 
 /// `POST /v1/reservations/{id}/events` (operator): complete the pending stage, or end the
 /// registration (`medical_rejected`, `deceased`).
 #[utoipa::path(post, path = "/v1/reservations/{id}/events", tag = "operator",
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes: a retry with it gets the original answer (header `idempotent-replayed: true`); reused for another request: 422 `idempotency_key_reused`")), request_body = EventRequest, security(("bearer" = [])),
-    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 404, body = Problem),
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 403, description = "`forbidden`: the principal's role does not allow it", body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem)))]
 pub async fn event(
     State(state): State<AppState>,
@@ -554,15 +587,36 @@ pub async fn event(
     headers: HeaderMap,
     ApiJson(body): ApiJson<EventRequest>,
 ) -> Result<Response, ApiError> {
-    operator(&state, &headers)?;
+    let who = principal(&state, &headers)?;
     let kind = OperatorEvent::parse(body.kind.trim()).ok_or_else(|| ApiError::InvalidField {
         field: "kind".into(),
         message: format!("unknown event {:?}", body.kind),
     })?;
+    if !who.may_report(kind) {
+        return Err(forbidden(&who, "the role does not report this event"));
+    }
     let id = reservation_id(&id)?;
     let engine = state.engine()?;
+    if !who.acts_on_any_reservation() {
+        // A caravan manager: someone else's caravan's reservation is as good as missing. A
+        // reservation never changes caravan, so the check cannot go stale.
+        let caravan = engine.reservation(id).map(|r| r.caravan);
+        if !caravan.is_some_and(|c| who.runs_caravan(c)) {
+            return Err(EngineError::ReservationNotFound.into());
+        }
+    }
     let decided = engine.operator_event_keyed(id, kind, idempotency_key(&headers)?)?;
     engine.durable(decided.ticket).await?;
+    tracing::info!(
+        target: "miqat::audit",
+        principal = %who.id,
+        role = who.role.as_str(),
+        action = "event",
+        reservation = %id,
+        kind = kind.as_str(),
+        replayed = decided.value.1,
+        "reservation event"
+    );
     Ok(replayable(&state, StatusCode::OK, decided.value))
 }
 
@@ -586,13 +640,13 @@ pub struct AdminQuery {
 /// `GET /v1/admin/reservations` (operator): JSON pages, or CSV with `Accept: text/csv`.
 #[utoipa::path(get, path = "/v1/admin/reservations", tag = "operator", params(AdminQuery),
     security(("bearer" = [])),
-    responses((status = 200, body = ReservationPage), (status = 401, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = ReservationPage), (status = 401, body = Problem), (status = 403, description = "`forbidden`: the principal's role does not allow it", body = Problem), (status = 422, body = Problem)))]
 pub async fn admin_reservations(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<AdminQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    operator(&state, &headers)?;
+    let who = operator(&state, &headers)?;
     let Query(q) = query.map_err(|e| ApiError::InvalidField {
         field: "query".into(),
         message: e.body_text(),
@@ -636,14 +690,18 @@ pub async fn admin_reservations(
         q.limit.unwrap_or(1_000).clamp(1, 10_000)
     };
     let views = engine.reservations(&filter, offset, limit);
-    let items: Vec<Reservation> = views.iter().map(|v| reservation_json(&state, v)).collect();
+    audit(&who, "export", views.len());
+    let items: Vec<Reservation> = views
+        .iter()
+        .map(|v| Reservation::from_view_for_operator(&state.inner.catalog, v))
+        .collect();
     if csv {
         let mut out = String::from(
-            "id,national_id,caravan_id,province_id,status,stage,deadline,created_at,updated_at,end_reason\n",
+            "id,national_id,caravan_id,province_id,status,stage,deadline,created_at,updated_at,end_reason,transferred_from\n",
         );
         for r in &items {
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{}\n",
                 r.id,
                 r.national_id,
                 csv_field(&r.caravan_id),
@@ -653,7 +711,8 @@ pub async fn admin_reservations(
                 r.deadline.as_deref().unwrap_or(""),
                 r.created_at,
                 r.updated_at,
-                r.end_reason.unwrap_or("")
+                r.end_reason.unwrap_or(""),
+                r.transferred_from.as_deref().unwrap_or("")
             ));
         }
         let mut response = out.into_response();
@@ -673,7 +732,7 @@ pub async fn admin_reservations(
     .into_response())
 }
 
-fn csv_field(text: &str) -> String {
+pub(crate) fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
@@ -683,14 +742,15 @@ fn csv_field(text: &str) -> String {
 
 /// `GET /v1/admin/stats` (operator): engine-wide counts.
 #[utoipa::path(get, path = "/v1/admin/stats", tag = "operator", security(("bearer" = [])),
-    responses((status = 200, body = Stats), (status = 401, body = Problem)))]
+    responses((status = 200, body = Stats), (status = 401, body = Problem), (status = 403, description = "`forbidden`: the principal's role does not allow it", body = Problem)))]
 pub async fn admin_stats(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Stats>, ApiError> {
-    operator(&state, &headers)?;
+    let who = operator(&state, &headers)?;
     let engine = state.engine()?;
     let s = engine.stats();
+    audit(&who, "stats", 0);
     let wal = engine.wal_stats().unwrap_or_default();
     Ok(Json(Stats {
         seats_total: s.seats_total,
@@ -732,7 +792,7 @@ pub struct WavesQuery {
 /// reserve wave takes later ones. Other defects answer `422 invalid_field`.
 #[utoipa::path(put, path = "/v1/admin/waves", tag = "operator", request_body = [WaveDto],
     params(WavesQuery), security(("bearer" = [])),
-    responses((status = 200, body = [WaveDto]), (status = 401, body = Problem),
+    responses((status = 200, body = [WaveDto]), (status = 401, body = Problem), (status = 403, description = "`forbidden`: the principal's role does not allow it", body = Problem),
         (status = 422, description = "`invalid_field`, or `schedule_out_of_order`", body = Problem)))]
 pub async fn replace_waves(
     State(state): State<AppState>,
@@ -740,7 +800,7 @@ pub async fn replace_waves(
     query: Result<Query<WavesQuery>, axum::extract::rejection::QueryRejection>,
     ApiJson(body): ApiJson<Vec<WaveDto>>,
 ) -> Result<Json<Vec<WaveDto>>, ApiError> {
-    operator(&state, &headers)?;
+    let who = operator(&state, &headers)?;
     let Query(query) = query.map_err(|e| ApiError::InvalidField {
         field: "query".into(),
         message: e.body_text(),
@@ -780,7 +840,7 @@ pub async fn replace_waves(
     let engine = state.engine()?;
     let decided = engine.replace_schedule_with(waves, order)?;
     engine.durable(decided.ticket).await?;
-    tracing::info!(waves = body.len(), "schedule replaced by an operator");
+    audit(&who, "replace_waves", body.len());
     Ok(Json(
         engine
             .schedule()

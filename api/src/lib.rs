@@ -13,9 +13,13 @@ pub mod cors;
 pub mod dto;
 pub mod error;
 pub mod handlers;
+pub mod holders;
 pub mod limits;
 pub mod openapi;
 pub mod ops;
+pub mod principals;
+pub mod queue_pass;
+pub mod roster;
 pub mod server;
 pub mod telemetry;
 
@@ -38,6 +42,7 @@ use crate::client_ip::IpBlock;
 use crate::cors::CorsPolicy;
 use crate::error::{ApiError, ErrorCode};
 use crate::limits::{Admission, KeyedLimiter, Rate, retry_after_seconds};
+use crate::principals::Principals;
 use crate::telemetry::{Rejection, RequestMetrics};
 
 /// Request bodies are limited to this many bytes (16 KiB); larger ones get 413.
@@ -46,8 +51,12 @@ pub const BODY_BYTES_MAX: usize = 16 * 1024;
 /// How the API behaves; [`ApiConfig::default`] suits production.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// The operator's bearer token; `None` closes the operator endpoints.
+    /// The operator's bearer token (`MIQAT_OPERATOR_TOKEN`), an `operator` principal beside
+    /// `principals`; `None` adds none.
     pub operator_token: Option<String>,
+    /// The principals of the principals file (`--principals`); with no principal and no
+    /// operator token the operator endpoints answer 401.
+    pub principals: Principals,
     /// Requests in flight at most; past it, `503 overloaded` at once.
     pub max_in_flight: usize,
     /// Rate limit per national ID (applicant endpoints).
@@ -70,6 +79,7 @@ impl Default for ApiConfig {
     fn default() -> ApiConfig {
         ApiConfig {
             operator_token: None,
+            principals: Principals::none(),
             max_in_flight: 4_096,
             per_holder: Rate {
                 per_second: 5.0,
@@ -89,6 +99,9 @@ impl Default for ApiConfig {
 
 pub(crate) struct Inner {
     pub(crate) catalog: Arc<Catalog>,
+    /// `config.principals` plus the operator token's principal.
+    pub(crate) principals: Principals,
+    /// The configuration as given (callers are authorized through `principals`).
     pub(crate) config: ApiConfig,
     pub(crate) engine: OnceLock<Arc<Engine>>,
     pub(crate) cache: CaravanListCache,
@@ -115,16 +128,21 @@ impl AppState {
         config: ApiConfig,
         metrics: Option<PrometheusHandle>,
     ) -> AppState {
+        let principals = config
+            .principals
+            .clone()
+            .with_operator_token(config.operator_token.as_deref().unwrap_or(""));
         AppState {
             inner: Arc::new(Inner {
+                principals,
                 cache: CaravanListCache::new(config.list_max_age),
                 admission: Admission::new(config.max_in_flight),
                 holder_limiter: KeyedLimiter::new(config.per_holder, 20),
                 client_limiter: KeyedLimiter::new(config.per_client, 16),
                 cors: Arc::new(config.cors.clone()),
                 trusted_proxies: config.trusted_proxies.clone().into(),
-                catalog,
                 config,
+                catalog,
                 engine: OnceLock::new(),
                 metrics,
                 request_metrics: RequestMetrics::new(route_labels()),
@@ -190,6 +208,9 @@ pub const ROUTES: &[RouteEntry] = &[
     route("/v1/caravans/{id}", Surface::Public, || {
         get(handlers::caravan)
     }),
+    route("/v1/caravans/{id}/roster", Surface::Public, || {
+        get(roster::roster)
+    }),
     route("/v1/reservations", Surface::Public, || {
         post(handlers::reserve)
     }),
@@ -217,6 +238,14 @@ pub const ROUTES: &[RouteEntry] = &[
     route("/v1/admin/waves", Surface::Admin, || {
         put(handlers::replace_waves)
     }),
+    route("/v1/admin/transfers", Surface::Admin, || {
+        post(holders::transfer)
+    }),
+    route(
+        "/v1/admin/holders/{national_id}/dispatch",
+        Surface::Admin,
+        || put(holders::change_dispatch),
+    ),
 ];
 
 const fn route(

@@ -25,7 +25,8 @@ use crate::{dto, error, handlers};
         handlers::join_waitlist, handlers::waitlist_me, handlers::event,
         handlers::admin_reservations, handlers::admin_stats, handlers::replace_waves,
         handlers::healthz, handlers::readyz, crate::metrics_text, serve,
-        crate::ops::summary,
+        crate::ops::summary, crate::ops::page,
+        crate::roster::roster, crate::holders::transfer, crate::holders::change_dispatch,
     ),
     components(schemas(
         dto::ReserveRequest, dto::Credentials, dto::EventRequest, dto::Reservation, dto::Province,
@@ -33,6 +34,9 @@ use crate::{dto, error, handlers};
         dto::Stats, dto::StatusCounts, error::Problem,
         crate::ops::OpsSummary, crate::ops::OpsProvince, crate::ops::OpsCounters, crate::ops::Buckets,
         crate::ops::NextWave,
+        crate::roster::Roster, crate::roster::RosterEntry, crate::holders::TransferRequestBody,
+        crate::holders::TransferReceiver, crate::holders::DispatchRequest,
+        crate::holders::HolderProfileDto,
     )),
     modifiers(&BearerAuth),
 )]

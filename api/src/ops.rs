@@ -19,6 +19,9 @@ use crate::error::ApiError;
 const PAGE: &str = include_str!("ops.html");
 
 /// `GET /ops`: the live operations page.
+#[utoipa::path(get, path = "/ops", tag = "operations",
+    responses((status = 200, content_type = "text/html",
+        description = "One self-contained page (inline CSS and script) that polls `/v1/ops/summary`")))]
 pub async fn page() -> Response {
     let mut response = PAGE.into_response();
     let headers = response.headers_mut();

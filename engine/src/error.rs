@@ -83,6 +83,34 @@ pub enum EngineError {
         /// Both waves, their cutoffs and openings, and the province.
         message: String,
     },
+    /// The receipt was transferred once already.
+    #[error("this receipt was transferred once already; a receipt is transferred at most once")]
+    TransferUsed,
+    /// A wave admitting the receipt has opened, or opens within
+    /// [`crate::TRANSFERS_CLOSE_BEFORE_OPENING_MS`]: transfers of it are closed.
+    #[error(
+        "transfers of this receipt are closed: a wave admitting it opens within 10 seconds or has opened"
+    )]
+    TransferClosed,
+    /// The giver holds or held a reservation, or waits on the waiting list.
+    #[error("the giver holds or held a reservation this season, or is on a waiting list")]
+    GiverHasReservation,
+    /// The receiver already holds a deposit receipt (their own or a transferred one).
+    #[error("the receiver already holds a deposit receipt")]
+    ReceiverHoldsReceipt,
+    /// A wave admitting the holder has opened, or they registered: the dispatch city is frozen.
+    #[error(
+        "the dispatch city is frozen: a wave admitting this holder has opened, or they registered"
+    )]
+    DispatchFrozen,
+    /// The change would move the holder to another province, which this version cannot do.
+    #[error(
+        "moving a holder to another province is not supported; the city must be of the receipt's province"
+    )]
+    ProvinceChangeUnsupported,
+    /// The holder gave their receipt away in a transfer: they can no longer register.
+    #[error("this holder's receipt was transferred to another person; they can no longer register")]
+    ReceiptTransferred,
     /// The log cannot take more records right now; retry later.
     #[error("the write-ahead log is saturated; retry shortly")]
     Overloaded,
@@ -116,6 +144,13 @@ impl EngineError {
             EngineError::RegistrationEnded { .. } => "registration_ended",
             EngineError::InvalidField { .. } => "invalid_field",
             EngineError::ScheduleOutOfOrder { .. } => "schedule_out_of_order",
+            EngineError::TransferUsed => "transfer_used",
+            EngineError::TransferClosed => "transfer_closed",
+            EngineError::GiverHasReservation => "giver_has_reservation",
+            EngineError::ReceiverHoldsReceipt => "receiver_holds_receipt",
+            EngineError::DispatchFrozen => "dispatch_frozen",
+            EngineError::ProvinceChangeUnsupported => "province_change_unsupported",
+            EngineError::ReceiptTransferred => "receipt_transferred",
             EngineError::Overloaded => "overloaded",
             EngineError::LogFailed(_) | EngineError::Config(_) | EngineError::Recovery(_) => {
                 "internal_error"

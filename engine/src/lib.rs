@@ -23,6 +23,7 @@ pub mod persist;
 pub mod record;
 pub mod season;
 pub mod sim;
+pub mod waiting_room;
 pub mod wal;
 
 mod machine;
@@ -30,5 +31,9 @@ mod planted;
 mod sync;
 mod waitlist;
 
-pub use engine::{Committed, Engine, EngineConfig, EngineStats, ReservationFilter, ReserveOutcome};
+pub use engine::{
+    Committed, Engine, EngineConfig, EngineStats, HolderProfile, ReservationFilter, ReserveOutcome,
+    TransferRequest,
+};
 pub use error::EngineError;
+pub use machine::TRANSFERS_CLOSE_BEFORE_OPENING_MS;

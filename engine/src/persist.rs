@@ -13,7 +13,9 @@ use crate::catalog::{CaravanIdx, Catalog, CityIdx, HolderIdx, ProvinceIdx, SlotI
 use crate::clock::Clock;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::EngineError;
-use crate::machine::{IdempotencyEntry, KeyAnswer, KeyedOp, ShardImage, ShardState};
+use crate::machine::{
+    IdempotencyEntry, KeyAnswer, KeyedOp, Profile, Receiver, ShardImage, ShardState,
+};
 use crate::model::{EndReason, Reservation, ReservationId, Status};
 use crate::record::KeyOp;
 use crate::record::{
@@ -24,10 +26,10 @@ use crate::season::Season;
 use crate::waitlist::WaitKey;
 use crate::wal::{self, Storage, TornTail, Wal, WalConfig};
 
-/// Snapshot payload format version written: 2 (waves with a flags byte; remembered keys of
-/// every keyed request). Version 1 (waves without flags; keys of reservations only) is still
-/// read.
-const SNAPSHOT_VERSION: u32 = 2;
+/// Snapshot payload format version written: 3 (each shard ends with its changed profiles:
+/// transfers and dispatch changes). Version 2 (no profiles) and version 1 (waves without
+/// flags; keys of reservations only) are still read.
+const SNAPSHOT_VERSION: u32 = 3;
 /// The oldest snapshot payload version still read.
 const SNAPSHOT_VERSION_MIN: u32 = 1;
 
@@ -210,6 +212,8 @@ impl Engine {
         let shard = &self.shards[s];
         let mut st = shard.state.lock();
         st.apply(&self.ctx(), &shard.counters, record)?;
+        drop(st);
+        self.note_replayed(record);
         Ok(())
     }
 
@@ -299,6 +303,7 @@ impl Engine {
                 .restore(&self.ctx(), &shard.counters, image)?;
         }
         r.finish()?;
+        self.rebuild_transfer_index();
         Ok(cuts)
     }
 
@@ -394,6 +399,56 @@ fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
             }
         }
     }
+    encode_profiles(out, st);
+}
+
+/// A shard's changed profiles (version 3): `u32 count`, then per profile `u32 holder,
+/// u32 city, u8 transferred` and, if transferred, `u64 national_id, bytes tracking_code`.
+fn encode_profiles(out: &mut Vec<u8>, st: &ShardState) {
+    let mut profiles: Vec<&Profile> = st.profiles.values().collect();
+    // Map order is not deterministic; a snapshot's bytes should be.
+    profiles.sort_unstable_by_key(|p| p.holder);
+    put_u32(out, profiles.len() as u32);
+    for p in profiles {
+        put_u32(out, p.holder.0);
+        put_u32(out, p.city.0);
+        match &p.receiver {
+            None => out.push(0),
+            Some(r) => {
+                out.push(1);
+                put_u64(out, r.national_id);
+                put_bytes(out, r.tracking_code.as_bytes());
+            }
+        }
+    }
+}
+
+fn decode_profiles(r: &mut Reader<'_>) -> Result<Vec<(HolderIdx, Profile)>, String> {
+    let count = r.u32()? as usize;
+    let mut out = Vec::with_capacity(count.min(1 << 16));
+    for _ in 0..count {
+        let holder = HolderIdx(r.u32()?);
+        let city = CityIdx(r.u32()?);
+        let receiver = match r.u8()? {
+            0 => None,
+            1 => Some(Receiver {
+                national_id: r.u64()?,
+                tracking_code: String::from_utf8(r.bytes()?.to_vec())
+                    .map_err(|_| "a receiver's tracking code is not UTF-8")?
+                    .into_boxed_str(),
+            }),
+            other => return Err(format!("bad transferred flag {other}")),
+        };
+        out.push((
+            holder,
+            Profile {
+                holder,
+                receiver,
+                city,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 /// The operation code of a reservation's key in a snapshot (the others are [`KeyOp::code`]).
@@ -525,6 +580,9 @@ fn decode_shard(
             answer,
         };
         image.keys.push((local, entry));
+    }
+    if version >= 3 {
+        image.profiles = decode_profiles(r)?;
     }
     Ok(image)
 }

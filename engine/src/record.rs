@@ -4,7 +4,7 @@
 //! no eligibility check, so replay gives exactly the state the live engine had. The byte
 //! layout of each kind is in `docs/wal-format.md`; all integers are little-endian.
 
-use crate::catalog::{CaravanIdx, HolderIdx, ProvinceIdx, SlotIdx};
+use crate::catalog::{CaravanIdx, CityIdx, HolderIdx, ProvinceIdx, SlotIdx};
 use crate::model::{EndReason, OperatorEvent, ReservationId};
 use crate::season::{Stage, Wave};
 
@@ -108,6 +108,24 @@ pub enum Record {
     /// The registration schedule was replaced. Written as kind `SCHEDULE_V2`; kind
     /// `SCHEDULE` (before waves had `admits_earlier_receipts`) still decodes, as false.
     Schedule { at_ms: i64, waves: Vec<Wave> },
+    /// A receipt priority transfer: receipt `holder` (and its date) passed to the person
+    /// `national_id`, who authenticates with `tracking_code` and travels from `city`; asked by
+    /// `principal`. Logged on the receipt's province.
+    Transfer {
+        holder: HolderIdx,
+        at_ms: i64,
+        national_id: u64,
+        tracking_code: Vec<u8>,
+        city: CityIdx,
+        principal: Vec<u8>,
+    },
+    /// Whoever holds receipt `holder` now travels from `city`; asked by `principal`.
+    Dispatch {
+        holder: HolderIdx,
+        at_ms: i64,
+        city: CityIdx,
+        principal: Vec<u8>,
+    },
 }
 
 /// The one-byte record kinds on disk.
@@ -127,6 +145,10 @@ pub mod kind {
     pub const END_KEYED: u8 = 8;
     /// `JOIN` made under an `Idempotency-Key`.
     pub const JOIN_KEYED: u8 = 9;
+    /// A receipt priority transfer.
+    pub const TRANSFER: u8 = 10;
+    /// A dispatch-city change.
+    pub const DISPATCH: u8 = 11;
 }
 
 /// How a wave list is laid out on disk.
@@ -153,6 +175,8 @@ impl Record {
             Record::Join { keyed: None, .. } => kind::JOIN,
             Record::Join { .. } => kind::JOIN_KEYED,
             Record::Schedule { .. } => kind::SCHEDULE_V2,
+            Record::Transfer { .. } => kind::TRANSFER,
+            Record::Dispatch { .. } => kind::DISPATCH,
         }
     }
 
@@ -163,7 +187,9 @@ impl Record {
             | Record::Advance { at_ms, .. }
             | Record::End { at_ms, .. }
             | Record::Join { at_ms, .. }
-            | Record::Schedule { at_ms, .. } => *at_ms,
+            | Record::Schedule { at_ms, .. }
+            | Record::Transfer { at_ms, .. }
+            | Record::Dispatch { at_ms, .. } => *at_ms,
         }
     }
 
@@ -174,7 +200,10 @@ impl Record {
                 *deadline_ms
             }
             Record::End { offer, .. } => offer.as_ref().map(|o| o.deadline_ms),
-            Record::Join { .. } | Record::Schedule { .. } => None,
+            Record::Join { .. }
+            | Record::Schedule { .. }
+            | Record::Transfer { .. }
+            | Record::Dispatch { .. } => None,
         }
     }
 
@@ -245,6 +274,32 @@ impl Record {
                 put_i64(out, *at_ms);
                 encode_waves(out, waves, WaveLayout::V2);
             }
+            Record::Transfer {
+                holder,
+                at_ms,
+                national_id,
+                tracking_code,
+                city,
+                principal,
+            } => {
+                put_u32(out, holder.0);
+                put_i64(out, *at_ms);
+                put_u64(out, *national_id);
+                put_bytes(out, tracking_code);
+                put_u32(out, city.0);
+                put_bytes(out, principal);
+            }
+            Record::Dispatch {
+                holder,
+                at_ms,
+                city,
+                principal,
+            } => {
+                put_u32(out, holder.0);
+                put_i64(out, *at_ms);
+                put_u32(out, city.0);
+                put_bytes(out, principal);
+            }
         }
     }
 
@@ -307,6 +362,20 @@ impl Record {
                         WaveLayout::V2
                     },
                 )?,
+            },
+            kind::TRANSFER => Record::Transfer {
+                holder: HolderIdx(r.u32()?),
+                at_ms: r.i64()?,
+                national_id: r.u64()?,
+                tracking_code: r.bytes()?.to_vec(),
+                city: CityIdx(r.u32()?),
+                principal: r.bytes()?.to_vec(),
+            },
+            kind::DISPATCH => Record::Dispatch {
+                holder: HolderIdx(r.u32()?),
+                at_ms: r.i64()?,
+                city: CityIdx(r.u32()?),
+                principal: r.bytes()?.to_vec(),
             },
             other => return Err(format!("unknown record kind {other}")),
         };

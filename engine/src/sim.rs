@@ -16,10 +16,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::catalog::{
-    Caravan, CaravanIdx, Catalog, CatalogBuilder, HolderIdx, ReceiptStatus, Route,
+    Caravan, CaravanIdx, Catalog, CatalogBuilder, CityIdx, HolderIdx, ReceiptStatus, Route,
 };
 use crate::clock::{AnchoredClock, Clock, ManualClock};
-use crate::engine::{Committed, Engine, EngineConfig, ReservationFilter};
+use crate::engine::{Committed, Engine, EngineConfig, ReservationFilter, TransferRequest};
 use crate::model::{OperatorEvent, ReservationId, ReservationView, Status};
 use crate::season::{Schedule, Season, Stage, Wave, WaveOrder};
 use crate::wal::{FaultMode, FaultyStorage, MemStorage, Storage};
@@ -127,6 +127,8 @@ struct Sim {
     joined: BTreeSet<HolderIdx>,
     /// Acknowledged `Idempotency-Key`s of reserves: key -> (caravan, reservation).
     keys: BTreeMap<(HolderIdx, u8), (CaravanIdx, ReservationId)>,
+    /// Acknowledged receipt transfers: receipt -> (receiver's national ID, tracking code).
+    transfers: BTreeMap<HolderIdx, (u64, String)>,
     violations: Vec<String>,
     restarts: u32,
     acknowledged: u64,
@@ -153,6 +155,7 @@ impl Sim {
             asked: BTreeSet::new(),
             joined: BTreeSet::new(),
             keys: BTreeMap::new(),
+            transfers: BTreeMap::new(),
             violations: Vec::new(),
             restarts: 0,
             acknowledged: 0,
@@ -180,6 +183,7 @@ impl Sim {
                 85..=88 => self.crash(),
                 89..=91 => self.fsync_error(),
                 92..=93 => self.flip_a_bit_in_an_old_segment(),
+                94..=95 => self.transfer_or_change_dispatch(),
                 _ => self.clean_restart(),
             }
             self.check(step);
@@ -428,6 +432,55 @@ impl Sim {
         }
     }
 
+    /// An office transfers a receipt to a newcomer (or, refused, to a holder of the catalog)
+    /// or changes a holder's city within their province.
+    fn transfer_or_change_dispatch(&mut self) {
+        let holder = self.random_holder();
+        let Some(h) = self.catalog.holder_facts(holder) else {
+            return;
+        };
+        let cities: Vec<CityIdx> = (0..self.catalog.cities().len() as u32)
+            .map(CityIdx)
+            .filter(|c| self.catalog.cities()[c.index()].province == h.province)
+            .collect();
+        let city = cities[self.rng.random_range(0..cities.len())];
+        if self.rng.random_bool(0.5) {
+            if let Ok(decided) = self.engine().change_dispatch(holder, city, "sim-office") {
+                self.durable(&decided);
+            }
+            return;
+        }
+        let receiver = if self.rng.random_bool(0.2) {
+            // A holder of the catalog: must be refused.
+            let other = self.random_holder();
+            self.catalog
+                .holder_facts(other)
+                .map_or(0, |f| f.national_id)
+        } else {
+            9_000_000_000 + self.rng.random_range(0..1_000u64)
+        };
+        let code = format!("s{receiver}");
+        let request = TransferRequest {
+            holder,
+            national_id: receiver,
+            tracking_code: &code,
+            city,
+            principal: "sim-office",
+        };
+        let Ok(decided) = self.engine().transfer(request) else {
+            return;
+        };
+        if self.catalog.holder_by_national_id(receiver).is_some() {
+            self.violation(format!(
+                "holder {receiver} of the catalog received a receipt"
+            ));
+            return;
+        }
+        if self.durable(&decided) {
+            self.transfers.insert(holder, (receiver, code));
+        }
+    }
+
     fn crash(&mut self) {
         let keep = self.rng.random_bool(0.5);
         self.stop_and_crash(keep);
@@ -572,6 +625,21 @@ impl Sim {
                 Some(_) => {}
             }
         }
+        for (holder, (receiver, code)) in &self.transfers {
+            if engine.authenticate(*receiver, code).ok() != Some(*holder) {
+                lost.push(format!(
+                    "the transfer of receipt {holder} to {receiver} is gone"
+                ));
+            }
+            let giver = self
+                .catalog
+                .holder_facts(*holder)
+                .map_or(0, |h| h.national_id);
+            let giver_code = self.catalog.holder(*holder).map_or("", |h| h.tracking_code);
+            if engine.authenticate(giver, giver_code).is_ok() {
+                lost.push(format!("the giver of receipt {holder} authenticates again"));
+            }
+        }
         if let Some(first) = lost.first() {
             self.violation(format!("{when}: {first} ({} in all)", lost.len()));
         }
@@ -586,10 +654,19 @@ impl Sim {
             self.violation(format!("step {step}: invariant: {e}"));
             return;
         }
+        let mut registered = BTreeSet::new();
         for r in engine.reservations(&ReservationFilter::default(), 0, usize::MAX) {
+            if !registered.insert(r.holder) {
+                self.violation(format!(
+                    "step {step}: receipt {} registered twice",
+                    r.holder
+                ));
+                return;
+            }
             let asked = self.asked.contains(&(r.holder, r.caravan));
+            // A dispatch change or a transfer may have moved the holder to another city.
             let offered = self.joined.contains(&r.holder)
-                && self.catalog.holder_facts(r.holder).map(|h| h.city)
+                && engine.holder_profile(r.holder).map(|h| h.city)
                     == self
                         .catalog
                         .caravans()

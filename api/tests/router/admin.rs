@@ -189,12 +189,12 @@ async fn admin_reservations_export_csv_with_a_header_row() {
     let lines: Vec<&str> = r.text.lines().collect();
     assert_eq!(
         lines[0],
-        "id,national_id,caravan_id,province_id,status,stage,deadline,created_at,updated_at,end_reason"
+        "id,national_id,caravan_id,province_id,status,stage,deadline,created_at,updated_at,end_reason,transferred_from"
     );
     assert_eq!(lines.len(), 1 + ids.len(), "{}", r.text);
     for (line, id) in lines[1..].iter().zip(&ids) {
         let fields: Vec<&str> = line.split(',').collect();
-        assert_eq!(fields.len(), 10, "{line}");
+        assert_eq!(fields.len(), 11, "{line}");
         assert_eq!(fields[0], id);
     }
     let first: Vec<&str> = lines[1].split(',').collect();

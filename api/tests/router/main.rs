@@ -19,5 +19,7 @@ mod events;
 mod limits;
 mod operations;
 mod reservations;
+mod roles;
+mod transfers;
 mod waitlist;
 mod waves;

@@ -80,6 +80,9 @@ async fn openapi_is_3_1_and_lists_every_contract_path() {
         ("/v1/admin/reservations", &["get"]),
         ("/v1/admin/stats", &["get"]),
         ("/v1/admin/waves", &["put"]),
+        ("/v1/caravans/{id}/roster", &["get"]),
+        ("/v1/admin/transfers", &["post"]),
+        ("/v1/admin/holders/{national_id}/dispatch", &["put"]),
     ] {
         for method in methods {
             assert!(

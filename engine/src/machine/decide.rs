@@ -117,10 +117,16 @@ pub(crate) fn decide(
     }
 }
 
+/// The holder's facts with the city of dispatch in force (a dispatch change or a transfer may
+/// have moved it).
 #[inline]
-fn facts<'c>(ctx: &Ctx<'c>, holder: HolderIdx) -> Result<HolderFacts, EngineError> {
+fn facts<'c>(
+    st: &ShardState,
+    ctx: &Ctx<'c>,
+    holder: HolderIdx,
+) -> Result<HolderFacts, EngineError> {
     match ctx.catalog.holder_facts(holder) {
-        Some(h) => Ok(h),
+        Some(h) => Ok(st.facts_in_force(h)),
         None => Err(EngineError::InvalidCredentials),
     }
 }
@@ -135,7 +141,7 @@ fn reserve(
     now_ms: i64,
     secret: u128,
 ) -> Result<Decision, EngineError> {
-    let h = facts(ctx, holder)?;
+    let h = facts(st, ctx, holder)?;
     let Some(c) = ctx.catalog.caravans().get(caravan.index()) else {
         return Err(EngineError::CaravanNotFound);
     };
@@ -207,7 +213,7 @@ fn on_reservation(
         op,
         reservation: r.id,
     };
-    let local = facts(ctx, r.holder)
+    let local = facts(st, ctx, r.holder)
         .map_err(|_| EngineError::ReservationNotFound)?
         .local;
     if let Some((at_ms, answer)) = key_replay(st, ctx, local, key, keyed_op, now_ms)? {
@@ -313,7 +319,7 @@ fn join(
     key: &[u8],
     now_ms: i64,
 ) -> Result<Decision, EngineError> {
-    let h = facts(ctx, holder)?;
+    let h = facts(st, ctx, holder)?;
     if h.receipt_status == ReceiptStatus::NeedsConversion {
         return Err(EngineError::ReceiptNeedsConversion);
     }

@@ -12,9 +12,12 @@
 //! mirror for readers; `apply` keeps them, deterministically, in step with the state.
 
 mod decide;
+mod holders;
 mod state;
 
 pub(crate) use decide::{Command, Decision, Reply, decide, decide_schedule};
+pub use holders::TRANSFERS_CLOSE_BEFORE_OPENING_MS;
+pub(crate) use holders::{Profile, ProfileChange, Receiver, decide_profile_change};
 pub(crate) use state::{
     IdempotencyEntry, KeyAnswer, KeyedOp, Shard, ShardCounters, ShardImage, ShardState,
 };

@@ -20,6 +20,7 @@ use crate::sync::{AtomicI64, AtomicU32, Mutex};
 use crate::waitlist::{WaitKey, Waitlist};
 
 use super::Ctx;
+use super::holders::Profile;
 
 /// Marker for "no reservation" in the per-holder table.
 pub(crate) const NO_RESERVATION: SlotIdx = SlotIdx::MAX;
@@ -102,6 +103,8 @@ pub(crate) struct ShardImage {
     pub waiting: Vec<(HolderIdx, WaitKey, crate::catalog::CityIdx)>,
     /// Remembered idempotency keys by holder (local index).
     pub keys: Vec<(u32, IdempotencyEntry)>,
+    /// Changed profiles (transfers, dispatch changes) by holder.
+    pub profiles: Vec<(HolderIdx, Profile)>,
 }
 
 /// Everything a province's decisions read and write, behind the shard's lock.
@@ -124,6 +127,9 @@ pub(crate) struct ShardState {
     pub timers: BinaryHeap<Reverse<(i64, SlotIdx)>>,
     pub waitlist: Waitlist,
     pub idempotency: FxHashMap<u32, Vec<IdempotencyEntry>>,
+    /// Profiles changed since the catalog (transfers, dispatch changes), by holder (local
+    /// index); empty for most provinces.
+    pub profiles: FxHashMap<u32, Profile>,
     /// Reused encoding buffer, so a decision does not allocate for its record.
     pub scratch: Vec<u8>,
 }
@@ -160,6 +166,7 @@ impl Shard {
             timers: BinaryHeap::new(),
             waitlist: Waitlist::new(first_day, last_day),
             idempotency: FxHashMap::default(),
+            profiles: FxHashMap::default(),
             scratch: Vec::with_capacity(128),
         };
         Shard {
@@ -219,7 +226,7 @@ impl ShardState {
         let r = self.reservations.get(idx.index())?;
         Some(ReservationView {
             id: r.id,
-            national_id: catalog.holder_facts(r.holder).map_or(0, |h| h.national_id),
+            national_id: self.national_id_of(catalog, r.holder),
             holder: r.holder,
             caravan: r.caravan,
             province: self.province,
@@ -284,7 +291,7 @@ impl ShardState {
         Ok(())
     }
 
-    fn local_holder(&self, ctx: &Ctx<'_>, holder: HolderIdx) -> Result<u32, String> {
+    pub(crate) fn local_holder(&self, ctx: &Ctx<'_>, holder: HolderIdx) -> Result<u32, String> {
         let h = ctx
             .catalog
             .holder_facts(holder)
@@ -493,6 +500,7 @@ impl ShardState {
                     .catalog
                     .holder_facts(*holder)
                     .ok_or_else(|| format!("unknown holder {holder}"))?;
+                let h = self.facts_in_force(h);
                 if !self.waitlist.join(*holder, h.receipt_day, h.city) {
                     return Err(format!("holder {holder} is already waiting"));
                 }
@@ -518,6 +526,7 @@ impl ShardState {
                     }),
                 );
             }
+            Record::Transfer { .. } | Record::Dispatch { .. } => self.apply_profile(ctx, record)?,
         }
         Ok(())
     }
@@ -575,6 +584,17 @@ impl ShardState {
                 return Err(format!("a remembered key of unknown holder {local}"));
             }
             self.idempotency.entry(local).or_default().push(entry);
+        }
+        for (holder, profile) in image.profiles {
+            let local = self.local_holder(ctx, holder)?;
+            let in_province = ctx
+                .catalog
+                .cities()
+                .get(profile.city.index())
+                .is_some_and(|c| c.province == self.province);
+            if !in_province || self.profiles.insert(local, profile).is_some() {
+                return Err(format!("holder {holder}: a bad or repeated profile"));
+            }
         }
         Ok(())
     }

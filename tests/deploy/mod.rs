@@ -143,6 +143,8 @@ async fn token_file_admin_listener_and_one_json_log_stream() {
         },
         &[
             ("MIQAT_OPERATOR_TOKEN", None),
+            // An empty list is no list, not an error.
+            ("MIQAT_TRUSTED_PROXIES", Some("")),
             (
                 "MIQAT_OPERATOR_TOKEN_FILE",
                 Some(token_file.to_str().unwrap()),

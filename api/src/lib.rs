@@ -297,6 +297,11 @@ async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Respo
 
 /// Counts every request by route and status and records its latency; 4xx are not errors.
 async fn observe(req: Request, next: Next) -> Response {
+    if let Some(refused) = req.extensions().get::<server::RefusedUnread>()
+        && let Some(response) = refused.take()
+    {
+        return response;
+    }
     let started = Instant::now();
     let route = req
         .extensions()

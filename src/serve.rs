@@ -108,7 +108,7 @@ pub struct ServeArgs {
         env = "MIQAT_TRUSTED_PROXIES",
         value_delimiter = ','
     )]
-    pub trusted_proxies: Vec<IpBlock>,
+    pub trusted_proxies: Vec<String>,
     /// Log one line per request (target `miqat::access`) with a request id, also sent back
     /// in `X-Request-Id`.
     #[arg(long, env = "MIQAT_ACCESS_LOG")]
@@ -323,8 +323,21 @@ fn api_config(
         );
     }
     tracing::info!(principals = principals.len(), "principals loaded");
-    let cors =
-        CorsPolicy::new(&args.cors_origins).map_err(|e| anyhow::anyhow!("--cors-origin: {e}"))?;
+    // Empty entries (an empty variable, a trailing comma) mean nothing, not an error.
+    let listed = |values: &[String]| -> Vec<String> {
+        values
+            .iter()
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    let cors = CorsPolicy::new(&listed(&args.cors_origins))
+        .map_err(|e| anyhow::anyhow!("--cors-origin: {e}"))?;
+    let trusted_proxies = listed(&args.trusted_proxies)
+        .iter()
+        .map(|block| block.parse::<IpBlock>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--trusted-proxy: {e}"))?;
     Ok(ApiConfig {
         operator_token: token,
         principals,
@@ -338,7 +351,7 @@ fn api_config(
             burst: args.client_burst,
         },
         cors,
-        trusted_proxies: args.trusted_proxies.clone(),
+        trusted_proxies,
         access_log: args.access_log,
         ..ApiConfig::default()
     })

@@ -8,11 +8,14 @@
 //! filter matches nothing and is answered without an entry.
 
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use flate2::Compression;
+use flate2::write::GzEncoder;
 use miqat_engine::Engine;
 use miqat_engine::catalog::{CaravanIdx, CityIdx, ProvinceIdx, Route};
 
@@ -44,8 +47,27 @@ pub struct CachedList {
     pub etag: String,
     /// The same, ready to send.
     pub etag_header: axum::http::HeaderValue,
+    /// The strong ETag of the gzip representation (a strong validator names one encoding).
+    pub etag_gzip: String,
+    /// The same, ready to send.
+    pub etag_gzip_header: axum::http::HeaderValue,
     /// The JSON array of caravans.
     pub body: Bytes,
+    /// `body` compressed with gzip, made by the first request that accepts it and shared by
+    /// every later refresh that finds the same seats.
+    gzip: Arc<OnceLock<Bytes>>,
+}
+
+impl CachedList {
+    /// `body` compressed with gzip (fast level: a list is a few KiB and changes often).
+    pub fn gzip_body(&self) -> &Bytes {
+        self.gzip.get_or_init(|| {
+            let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
+            // Writing to a Vec cannot fail; on the impossible error, send an empty gzip.
+            let _ = encoder.write_all(&self.body);
+            Bytes::from(encoder.finish().unwrap_or_default())
+        })
+    }
 }
 
 /// Cached caravan lists, at most `max_age` stale.
@@ -80,7 +102,10 @@ impl CaravanListCache {
                 free,
                 etag: old.etag.clone(),
                 etag_header: old.etag_header.clone(),
+                etag_gzip: old.etag_gzip.clone(),
+                etag_gzip_header: old.etag_gzip_header.clone(),
                 body: old.body.clone(),
+                gzip: Arc::clone(&old.gzip),
             },
             _ => build(engine, key, &candidates, free),
         };
@@ -132,13 +157,21 @@ fn build(engine: &Engine, key: &ListKey, candidates: &[CaravanIdx], free: Vec<u3
     key.hash(&mut hasher);
     catalog.fingerprint().hash(&mut hasher);
     free.hash(&mut hasher);
-    let etag = format!("\"p{}-{:016x}\"", key.province, hasher.finish());
+    let tag = format!("p{}-{:016x}", key.province, hasher.finish());
+    let etag = format!("\"{tag}\"");
+    let etag_gzip = format!("\"{tag}-gz\"");
+    let header = |text: &str| {
+        axum::http::HeaderValue::from_str(text)
+            .unwrap_or(axum::http::HeaderValue::from_static("\"\""))
+    };
     CachedList {
         checked: Instant::now(),
         free,
-        etag_header: axum::http::HeaderValue::from_str(&etag)
-            .unwrap_or(axum::http::HeaderValue::from_static("\"\"")),
+        etag_header: header(&etag),
+        etag_gzip_header: header(&etag_gzip),
+        etag_gzip,
         etag,
         body,
+        gzip: Arc::default(),
     }
 }

@@ -255,32 +255,69 @@ pub async fn province_caravans(
         available_only: query.available == Some(true),
     };
     let list = state.inner.cache.get(engine, &key);
-    let etag = list.etag_header.clone();
+    let gzip = accepts_gzip(&headers);
+    let etag_header = if gzip {
+        &list.etag_gzip_header
+    } else {
+        &list.etag_header
+    };
     let matches = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            // If-None-Match compares weakly (RFC 9110): a proxy may have marked the tag W/.
+            // If-None-Match compares weakly (RFC 9110): a proxy may have marked the tag W/,
+            // and a tag of the other encoding names the same list.
             v.split(',').any(|t| {
                 let t = t.trim();
-                t == "*" || t.strip_prefix("W/").unwrap_or(t) == list.etag
+                let t = t.strip_prefix("W/").unwrap_or(t);
+                t == "*" || t == list.etag || t == list.etag_gzip
             })
         });
     let mut response = if matches {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut r = list.body.clone().into_response();
+        let body = if gzip {
+            list.gzip_body().clone()
+        } else {
+            list.body.clone()
+        };
+        let mut r = body.into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if gzip {
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
         r
     };
-    response.headers_mut().insert(header::ETAG, etag);
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let headers = response.headers_mut();
+    headers.insert(header::ETAG, etag_header.clone());
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
     Ok(response)
+}
+
+/// Returns true if and only if `Accept-Encoding` accepts gzip (`gzip` or `*`, without
+/// `q=0`).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+        })
 }
 
 /// `GET /v1/caravans/{id}`: one caravan with its free seats.

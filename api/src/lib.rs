@@ -349,6 +349,11 @@ async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Respo
 /// Counts every request by route and status (and a refusal by its code) and records its
 /// latency, through handles kept per route: no label lookup once a route has been seen.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(refused) = req.extensions().get::<server::RefusedUnread>()
+        && let Some(response) = refused.take()
+    {
+        return response;
+    }
     let started = Instant::now();
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or(UNMATCHED, MatchedPath::as_str);

@@ -250,6 +250,16 @@ fn add_caravan_list_headers(operation: &mut Map<String, Value>) {
             response["headers"]["ETag"] = etag.clone();
         }
     }
+    if let Some(ok) = operation
+        .get_mut("responses")
+        .and_then(|r| r.get_mut("200"))
+    {
+        ok["headers"]["Content-Encoding"] = json!({
+            "description": "`gzip` when the request's `Accept-Encoding` accepts it (the \
+                            gzip representation has its own ETag)",
+            "schema": { "type": "string", "enum": ["gzip"] }
+        });
+    }
     let parameters = operation.entry("parameters").or_insert_with(|| json!([]));
     if let Some(parameters) = parameters.as_array_mut() {
         parameters.push(json!({

@@ -267,10 +267,13 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > BODY_BYTES_MAX as u64) {
-        return Ok(refuse_unread(
+        return Ok(refuse_through(
+            &app,
+            parts,
             "body_too_large",
             ApiError::BodyTooLarge(BODY_BYTES_MAX),
-        ));
+        )
+        .await);
     }
     let body = if body.is_end_stream() {
         Body::empty()
@@ -280,22 +283,31 @@ async fn handle(
         match collected {
             Ok(Ok(collected)) => Body::from(collected.to_bytes()),
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Ok(refuse_unread(
+                return Ok(refuse_through(
+                    &app,
+                    parts,
                     "body_too_large",
                     ApiError::BodyTooLarge(BODY_BYTES_MAX),
-                ));
+                )
+                .await);
             }
             Ok(Err(e)) => {
-                return Ok(refuse_unread(
+                return Ok(refuse_through(
+                    &app,
+                    parts,
                     "body_error",
                     ApiError::Malformed(format!("the request body could not be read: {e}")),
-                ));
+                )
+                .await);
             }
             Err(_elapsed) => {
-                return Ok(refuse_unread(
+                return Ok(refuse_through(
+                    &app,
+                    parts,
                     "body_timeout",
                     ApiError::RequestTimeout(read_timeout.as_secs().max(1)),
-                ));
+                )
+                .await);
             }
         }
     };
@@ -304,14 +316,41 @@ async fn handle(
 }
 
 /// An answer given before the body was read in full: the connection cannot carry another
-/// request, so it is closed after this answer.
-fn refuse_unread(reason: &'static str, error: ApiError) -> Response {
+/// request, so it is closed after this answer. The refusal still passes through the router
+/// (with an empty body, marked [`RefusedUnread`]) so that its outer layers apply to it: a
+/// browser front-end gets its CORS headers and can read the 413, and the access log has it.
+async fn refuse_through(
+    app: &Router,
+    mut parts: axum::http::request::Parts,
+    reason: &'static str,
+    error: ApiError,
+) -> Response {
     metrics::counter!("miqat_requests_refused_unread_total", "reason" => reason).increment(1);
-    let mut response = error.into_response();
+    let refusal = RefusedUnread(Arc::new(parking_lot::Mutex::new(Some(
+        error.into_response(),
+    ))));
+    parts.extensions.insert(refusal);
+    let request = Request::from_parts(parts, Body::empty());
+    let mut response = match app.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
+}
+
+/// A request refused before its body was read, with the answer the router must give it
+/// instead of running a handler (taken once by `observe`).
+#[derive(Clone)]
+pub struct RefusedUnread(Arc<parking_lot::Mutex<Option<Response>>>);
+
+impl RefusedUnread {
+    /// The refusal's answer; `None` if it was already taken.
+    pub fn take(&self) -> Option<Response> {
+        self.0.lock().take()
+    }
 }
 
 /// What a connection is doing, shared between its reads, its requests and its watchdog.

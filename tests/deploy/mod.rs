@@ -143,6 +143,8 @@ async fn token_file_admin_listener_and_one_json_log_stream() {
         },
         &[
             ("MIQAT_OPERATOR_TOKEN", None),
+            // An empty list is no list, not an error.
+            ("MIQAT_TRUSTED_PROXIES", Some("")),
             (
                 "MIQAT_OPERATOR_TOKEN_FILE",
                 Some(token_file.to_str().unwrap()),
@@ -174,6 +176,20 @@ async fn token_file_admin_listener_and_one_json_log_stream() {
         )
         .await;
     assert_eq!(preflight.status, 204);
+    // Refused before its body is read (declared too large), the answer still carries CORS
+    // headers, so the front-end can read the 413.
+    let head = raw_exchange(
+        server.addr,
+        "POST /v1/reservations HTTP/1.1\r\nHost: x\r\nOrigin: https://front.example\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+    );
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://front.example"),
+        "{head}"
+    );
+    assert!(head.contains("body_too_large"), "{head}");
     let answered = public
         .get("/v1/waves", &[("x-request-id", "trace-7")])
         .await;
@@ -204,6 +220,19 @@ async fn token_file_admin_listener_and_one_json_log_stream() {
             .any(|l| l["request_id"] == "trace-7" && l["route"] == "/v1/waves"),
         "no access-log line for trace-7:\n{stderr}"
     );
+}
+
+/// Sends `request` on a new connection and returns everything the server sends back.
+fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    text(&answer)
 }
 
 #[test]

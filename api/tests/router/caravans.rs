@@ -312,3 +312,60 @@ async fn caravan_by_id_and_unknown_caravan() {
         assert_problem(&r, StatusCode::NOT_FOUND, "caravan_not_found");
     }
 }
+
+/// A client that accepts gzip gets the cached list compressed, under its own strong ETag;
+/// either tag revalidates; `q=0` and no `Accept-Encoding` get the JSON as it is.
+#[tokio::test]
+async fn the_caravan_list_is_sent_gzipped_to_clients_that_accept_it() {
+    use std::io::Read;
+    let fx = Fx::new();
+    let uri = "/v1/provinces/2/caravans?available=true";
+    let plain = fx.get(uri).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert!(plain.header("content-encoding").is_none());
+    let gzip = |accept: &'static str| {
+        let request = Request::builder()
+            .uri(uri)
+            .header(header::ACCEPT_ENCODING, accept)
+            .body(Body::empty())
+            .unwrap();
+        fx.app.clone().oneshot(request)
+    };
+    let response = gzip("br;q=1.0, gzip;q=0.8").await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    let vary = response.headers()[header::VARY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(vary.contains("accept-encoding"), "{vary}");
+    let gz_etag = response.headers()[header::ETAG]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(Some(gz_etag.as_str()), plain.header("etag"));
+    let compressed = response.into_body().collect().await.unwrap().to_bytes();
+    let mut decoded = String::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_string(&mut decoded)
+        .unwrap();
+    assert_eq!(decoded, plain.text);
+    for tag in [gz_etag.as_str(), plain.header("etag").unwrap()] {
+        let r = fx
+            .send(
+                Method::GET,
+                uri,
+                &[("if-none-match", tag), ("accept-encoding", "gzip")],
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_MODIFIED, "{tag}");
+        assert_eq!(r.header("etag"), Some(gz_etag.as_str()));
+    }
+    let refused = gzip("gzip;q=0, identity").await.unwrap();
+    assert!(refused.headers().get("content-encoding").is_none());
+    // A seat taken changes the list: the compressed body follows.
+    fx.reserve_ok(&c(0), "c1").await;
+    let after = gzip("gzip").await.unwrap();
+    assert_ne!(after.headers()[header::ETAG].to_str().unwrap(), gz_etag);
+}

@@ -193,3 +193,25 @@ async fn a_preflight_is_answered_before_admission_and_handlers() {
     assert_problem(&r, StatusCode::SERVICE_UNAVAILABLE, "not_ready");
     assert_eq!(r.header("access-control-allow-origin"), Some(FRONT));
 }
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_answer_allowed_origins_readably() {
+    let fx = with_cors(&[FRONT]);
+    for (method, uri) in [
+        (Method::GET, "/v1/nowhere"),
+        (Method::GET, "/nowhere"),
+        (Method::PATCH, "/v1/waves"),
+    ] {
+        let r = fx
+            .send(method.clone(), uri, &[("origin", FRONT)], None)
+            .await;
+        assert!(r.status.is_client_error(), "{method} {uri}: {}", r.status);
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some(FRONT),
+            "{method} {uri}"
+        );
+        let r = preflight(&fx, uri, FRONT, "GET").await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "preflight {uri}");
+    }
+}

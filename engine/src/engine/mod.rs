@@ -23,8 +23,10 @@ use crate::wal::{Durability, MissingRecords, Ticket, Wal};
 mod expiry;
 mod ops;
 mod reads;
+mod replicated;
 
 pub use reads::{EngineStats, ReservationFilter};
+pub use replicated::{WriteAnswer, WriteCommand};
 
 /// The longest `Idempotency-Key` accepted, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
@@ -461,7 +463,7 @@ impl Engine {
     }
 }
 
-fn receipt_day_ranges(catalog: &Catalog) -> Vec<(i32, i32)> {
+pub(crate) fn receipt_day_ranges(catalog: &Catalog) -> Vec<(i32, i32)> {
     let mut ranges = vec![(i32::MAX, i32::MIN); catalog.provinces().len()];
     for idx in 0..catalog.holder_count() as u32 {
         if let Some(h) = catalog.holder_facts(HolderIdx(idx)) {

@@ -83,6 +83,32 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "MIQAT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Cluster mode: every voter as `ID=HOST:PORT` (their `--raft-listen` addresses), this
+    /// node included, e.g. `1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001`. Without it
+    /// the server runs as a single node.
+    #[arg(long, env = "MIQAT_PEERS", requires_all = ["node_id", "raft_listen"])]
+    pub peers: Option<String>,
+    /// Cluster mode: this node's id in `--peers` (never reuse one whose disk was lost).
+    #[arg(long, env = "MIQAT_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Cluster mode: where this node listens for its peers' Raft RPCs and the operator's
+    /// `miqat cluster` commands.
+    #[arg(long, env = "MIQAT_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// Cluster mode: this node's API address as clients reach it, named to them by the other
+    /// nodes in `Miqat-Leader` (default: `--listen`).
+    #[arg(long, env = "MIQAT_ADVERTISE_API")]
+    pub advertise_api: Option<String>,
+    /// Cluster mode: the leader's heartbeat interval, in milliseconds.
+    #[arg(long, env = "MIQAT_RAFT_HEARTBEAT_MS", default_value_t = 100)]
+    pub raft_heartbeat_ms: u64,
+    /// Cluster mode: the shortest election timeout, in milliseconds (the longest is twice
+    /// it): how long followers wait without a heartbeat before electing a new leader.
+    #[arg(long, env = "MIQAT_RAFT_ELECTION_MS", default_value_t = 1_000)]
+    pub raft_election_ms: u64,
+    /// Cluster mode: take a snapshot after this many Raft entries since the last one.
+    #[arg(long, env = "MIQAT_RAFT_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub raft_snapshot_every: u64,
 }
 
 /// Runs the server; returns when it has shut down cleanly.
@@ -95,54 +121,27 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(run_async(args.clone()))
 }
 
+/// What both modes of the server start from: the data set, the API state and its options.
+pub(crate) struct Prepared {
+    pub catalog: Arc<miqat_engine::catalog::Catalog>,
+    pub season: miqat_engine::season::Season,
+    pub state: AppState,
+    pub listener: tokio::net::TcpListener,
+    pub options: ServeOptions,
+}
+
 async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-        ])
-        .context("metrics buckets")?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
-    let durability = match args.durability.as_str() {
-        "none" => {
-            tracing::warn!(
-                "DURABILITY IS OFF (--durability none): acknowledged reservations can be lost \
-                 on a crash. For benchmarks only."
-            );
-            eprintln!("miqat: WARNING: --durability none: acknowledgements are NOT durable");
-            Durability::None
-        }
-        _ => Durability::Fsync,
-    };
-    let catalog = Arc::new(
-        load_catalog(&args.catalog)
-            .with_context(|| format!("loading the data set in {}", args.catalog.display()))?,
-    );
-    let season_path = args
-        .season
-        .clone()
-        .unwrap_or_else(|| args.catalog.join("season.toml"));
-    let season = load_season(&season_path, &catalog)?;
-    let token = args.operator_token.clone().filter(|t| !t.is_empty());
-    if token.is_none() {
-        tracing::warn!("MIQAT_OPERATOR_TOKEN is not set: operator endpoints answer 401");
+    if args.peers.is_some() {
+        return crate::cluster::serve_cluster(&args).await;
     }
-    let config = ApiConfig {
-        operator_token: token,
-        max_in_flight: args.max_in_flight,
-        per_holder: Rate {
-            per_second: args.holder_rate,
-            burst: args.holder_burst,
-        },
-        per_client: Rate {
-            per_second: args.client_rate,
-            burst: args.client_burst,
-        },
-        ..ApiConfig::default()
-    };
-    let state = AppState::new(Arc::clone(&catalog), config, Some(metrics));
-    let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, "listening; recovering");
+    let Prepared {
+        catalog,
+        season,
+        state,
+        listener,
+        options,
+    } = prepare(&args)?;
+    let durability = durability(&args);
     eprintln!("miqat: listening on http://{}", listener.local_addr()?);
 
     // Recovery runs off the runtime: /healthz answers meanwhile, /readyz says 503.
@@ -173,13 +172,6 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         })
     };
     let router = app(state.clone());
-    let options = ServeOptions {
-        request_read_timeout: Duration::from_secs_f64(args.request_read_timeout_secs),
-        idle_timeout: Duration::from_secs_f64(args.idle_timeout_secs),
-        connections_per_client_max: args.connections_per_client_max,
-        connections_max: args.connections_max,
-        ..ServeOptions::default()
-    };
     let server = tokio::spawn(serve(listener, router, options, shutdown_signal()));
     let (engine, report) = recovering.await.context("recovery task")??;
     let expiry = engine.spawn_expiry_thread(Duration::from_millis(100))?;
@@ -209,6 +201,75 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs the metrics recorder, loads the data set and the season, builds the API state and
+/// binds the listener: what both modes start from.
+pub(crate) fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ])
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let catalog = Arc::new(
+        load_catalog(&args.catalog)
+            .with_context(|| format!("loading the data set in {}", args.catalog.display()))?,
+    );
+    let season_path = args
+        .season
+        .clone()
+        .unwrap_or_else(|| args.catalog.join("season.toml"));
+    let season = load_season(&season_path, &catalog)?;
+    let token = args.operator_token.clone().filter(|t| !t.is_empty());
+    if token.is_none() {
+        tracing::warn!("MIQAT_OPERATOR_TOKEN is not set: operator endpoints answer 401");
+    }
+    let config = ApiConfig {
+        operator_token: token,
+        max_in_flight: args.max_in_flight,
+        per_holder: Rate {
+            per_second: args.holder_rate,
+            burst: args.holder_burst,
+        },
+        per_client: Rate {
+            per_second: args.client_rate,
+            burst: args.client_burst,
+        },
+        ..ApiConfig::default()
+    };
+    let state = AppState::new(Arc::clone(&catalog), config, Some(metrics));
+    let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "listening; recovering");
+    let options = ServeOptions {
+        request_read_timeout: Duration::from_secs_f64(args.request_read_timeout_secs),
+        idle_timeout: Duration::from_secs_f64(args.idle_timeout_secs),
+        connections_per_client_max: args.connections_per_client_max,
+        connections_max: args.connections_max,
+        ..ServeOptions::default()
+    };
+    Ok(Prepared {
+        catalog,
+        season,
+        state,
+        listener,
+        options,
+    })
+}
+
+fn durability(args: &ServeArgs) -> Durability {
+    match args.durability.as_str() {
+        "none" => {
+            tracing::warn!(
+                "DURABILITY IS OFF (--durability none): acknowledged reservations can be lost \
+                 on a crash. For benchmarks only."
+            );
+            eprintln!("miqat: WARNING: --durability none: acknowledgements are NOT durable");
+            Durability::None
+        }
+        _ => Durability::Fsync,
+    }
+}
+
 /// Connections the kernel may hold completed but not yet accepted. At the opening thousands
 /// connect within a second; a short queue drops their handshakes and they retry seconds later.
 const LISTEN_BACKLOG: u32 = 4_096;
@@ -234,7 +295,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -77,6 +77,13 @@ pub enum ApiError {
     NotReady,
     /// A refusal (or failure) of the engine, with caravan summaries already resolved.
     Engine(EngineError, Option<Vec<CaravanSummary>>),
+    /// 421 (cluster mode): this node does not take writes; the leader's API address, when
+    /// known, goes in the `Miqat-Leader` header. Nothing was decided.
+    NotLeader(Option<String>),
+    /// 503 with `Retry-After` (cluster mode): the write may or may not have been decided
+    /// (leadership changed or a timeout while it was in flight); retry with the same
+    /// `Idempotency-Key` to learn its outcome.
+    OutcomeUnknown,
 }
 
 impl From<EngineError> for ApiError {
@@ -182,6 +189,25 @@ impl ApiError {
                     "Not ready",
                     "not_ready",
                     "recovery is still running",
+                );
+                retry_after = Some(1);
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::NotLeader(_) => {
+                set(
+                    &mut p,
+                    "Not the leader",
+                    "not_leader",
+                    "this node does not take writes; send them to the node in the Miqat-Leader header",
+                );
+                StatusCode::MISDIRECTED_REQUEST
+            }
+            ApiError::OutcomeUnknown => {
+                set(
+                    &mut p,
+                    "Outcome unknown",
+                    "outcome_unknown",
+                    "the write may or may not have been made; retry with the same Idempotency-Key",
                 );
                 retry_after = Some(1);
                 StatusCode::SERVICE_UNAVAILABLE
@@ -321,6 +347,11 @@ impl IntoResponse for ApiError {
         );
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let ApiError::NotLeader(Some(leader)) = &self
+            && let Ok(value) = HeaderValue::from_str(leader)
+        {
+            headers.insert("miqat-leader", value);
         }
         response.extensions_mut().insert(ErrorCode(problem.code));
         response

@@ -7,6 +7,7 @@
 //! then `/readyz` and every `/v1` route answer 503.
 
 pub mod cache;
+pub mod cluster;
 pub mod dto;
 pub mod error;
 pub mod handlers;
@@ -71,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) config: ApiConfig,
     pub(crate) engine: OnceLock<Arc<Engine>>,
+    /// Set in cluster mode only: writes then go through it.
+    pub(crate) cluster: OnceLock<Arc<dyn cluster::Cluster>>,
     pub(crate) cache: CaravanListCache,
     pub(crate) admission: Admission,
     pub(crate) holder_limiter: KeyedLimiter,
@@ -101,6 +104,7 @@ impl AppState {
                 catalog,
                 config,
                 engine: OnceLock::new(),
+                cluster: OnceLock::new(),
                 metrics,
             }),
         }
@@ -139,6 +143,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/admin/reservations", get(handlers::admin_reservations))
         .route("/v1/admin/stats", get(handlers::admin_stats))
         .route("/v1/admin/waves", put(handlers::replace_waves))
+        .route("/v1/cluster", get(handlers::cluster_status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), admit));

@@ -43,7 +43,7 @@ enum Command {
     },
     /// Recover from the data directory and serve the HTTP API (see README); with `--peers`,
     /// as one node of a replicated cluster.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Operate a cluster: `init` makes it, `status` shows a node's view of it.
     Cluster(cluster::ClusterArgs),
     /// The whole story on one machine: generate the data set, open a wave, rush it from many

@@ -303,9 +303,7 @@ impl ClusterNode {
                         }
                         let mut answers = answers.into_iter();
                         for reply in replies {
-                            let answer = answers
-                                .next()
-                                .map_or(Err(ClusterRefusal::OutcomeUnknown), Ok);
+                            let answer = answers.next().ok_or(ClusterRefusal::OutcomeUnknown);
                             let _ = reply.send(answer);
                         }
                     }

@@ -217,6 +217,7 @@ async fn reserve_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_survives_its_leader_and_loses_no_acknowledged_reservation() {
+    let _cores = crate::support::cores_alone().await;
     let data = DataSet::generate(3_000, 600, 11);
     let root = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::new(&data, root.path());

@@ -214,3 +214,49 @@ async fn replicas_applying_the_same_entries_decide_alike_and_a_snapshot_carries_
     let reopened = StateMachine::open(data.engine(), &dir.path().join("c")).unwrap();
     assert_eq!(reopened.last_applied(), Some(log_id(1, 1)));
 }
+
+#[tokio::test]
+async fn an_expiry_entry_expires_the_same_holds_on_every_replica_once() {
+    let data = Data::new();
+    let dir = tempfile::tempdir().unwrap();
+    let now = data.opening_ms() + 1_000;
+    let reserve = CommandBatch {
+        now_ms: now,
+        commands: (0..40u32)
+            .map(|h| (data.reserve(h, b""), u128::from(h) + 1))
+            .collect(),
+    };
+    // Far past every stage deadline.
+    let later = now + 400 * 24 * 3_600_000;
+    let expire = CommandBatch {
+        now_ms: later,
+        commands: vec![(miqat_engine::engine::WriteCommand::ExpireDue, 77)],
+    };
+    let mut replicas = Vec::new();
+    for name in ["a", "b"] {
+        let mut sm = StateMachine::open(data.engine(), &dir.path().join(name)).unwrap();
+        let granted = sm.apply(vec![entry(1, 1, reserve.clone())]).await.unwrap();
+        let held = granted[0].0.iter().filter(|a| a.is_ok()).count();
+        assert!(held > 0, "some holds were granted");
+        assert!(sm.engine().has_due_deadline(later));
+        let first = sm.apply(vec![entry(1, 2, expire.clone())]).await.unwrap();
+        assert!(
+            matches!(first[0].0[..], [Ok(WriteAnswer::Expired(n))] if n == held),
+            "every hold expires: {:?}",
+            first[0]
+        );
+        let again = sm.apply(vec![entry(1, 3, expire.clone())]).await.unwrap();
+        assert!(
+            matches!(again[0].0[..], [Ok(WriteAnswer::Expired(0))]),
+            "nothing expires twice: {:?}",
+            again[0]
+        );
+        assert!(!sm.engine().has_due_deadline(later));
+        sm.engine().check_invariants().unwrap();
+        replicas.push(sm);
+    }
+    assert_eq!(
+        replicas[0].engine().state_image(),
+        replicas[1].engine().state_image()
+    );
+}

@@ -858,9 +858,11 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: recovery is done and requests are accepted.
+/// `GET /readyz`: recovery is done and requests are accepted; in cluster mode, only on the
+/// leader (elsewhere `421 not_leader` with the `Miqat-Leader` hint).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready", body = String),
+        (status = 421, description = "Cluster mode: not the leader", body = Problem),
         (status = 503, description = "Recovery still running", body = Problem)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if let Some(cluster) = state.cluster() {

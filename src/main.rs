@@ -1,6 +1,7 @@
 //! The `miqat` command line: one binary over the engine, the API and the load tester (`gen`,
 //! `serve`, `loadtest`, `demo`, `sim`).
 
+mod cluster;
 mod demo;
 mod serve;
 mod sim;
@@ -59,8 +60,11 @@ enum Command {
         #[arg(long)]
         opens_at: Option<String>,
     },
-    /// Recover from the data directory and serve the HTTP API (see README).
+    /// Recover from the data directory and serve the HTTP API (see README); with `--peers`,
+    /// as one node of a replicated cluster.
     Serve(Box<serve::ServeArgs>),
+    /// Operate a cluster: `init` makes it, `status` shows a node's view of it.
+    Cluster(cluster::ClusterArgs),
     /// The whole story on one machine: generate the data set, open a wave, rush it from many
     /// threads, let deadlines expire, crash, recover from the log, check every invariant, and
     /// print a report.
@@ -119,6 +123,7 @@ fn main() -> ExitCode {
             opens_at,
         } => run_gen(out, holders, seats, seed, opens_at),
         Command::Serve(args) => serve::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Sim(args) => {
             return if sim::run(&args) == 0 {

@@ -135,6 +135,32 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "MIQAT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Cluster mode: every voter as `ID=HOST:PORT` (their `--raft-listen` addresses), this
+    /// node included, e.g. `1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001`. Without it
+    /// the server runs as a single node.
+    #[arg(long, env = "MIQAT_PEERS", requires_all = ["node_id", "raft_listen"])]
+    pub peers: Option<String>,
+    /// Cluster mode: this node's id in `--peers` (never reuse one whose disk was lost).
+    #[arg(long, env = "MIQAT_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Cluster mode: where this node listens for its peers' Raft RPCs and the operator's
+    /// `miqat cluster` commands.
+    #[arg(long, env = "MIQAT_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// Cluster mode: this node's API address as clients reach it, named to them by the other
+    /// nodes in `Miqat-Leader` (default: `--listen`).
+    #[arg(long, env = "MIQAT_ADVERTISE_API")]
+    pub advertise_api: Option<String>,
+    /// Cluster mode: the leader's heartbeat interval, in milliseconds.
+    #[arg(long, env = "MIQAT_RAFT_HEARTBEAT_MS", default_value_t = 100)]
+    pub raft_heartbeat_ms: u64,
+    /// Cluster mode: the shortest election timeout, in milliseconds (the longest is twice
+    /// it): how long followers wait without a heartbeat before electing a new leader.
+    #[arg(long, env = "MIQAT_RAFT_ELECTION_MS", default_value_t = 1_000)]
+    pub raft_election_ms: u64,
+    /// Cluster mode: take a snapshot after this many Raft entries since the last one.
+    #[arg(long, env = "MIQAT_RAFT_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub raft_snapshot_every: u64,
 }
 
 /// Runs the server; returns when it has shut down cleanly.
@@ -147,7 +173,19 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     runtime.block_on(run_async(args.clone()))
 }
 
+/// What both modes of the server start from: the data set, the API state and its options.
+pub(crate) struct Prepared {
+    pub catalog: Arc<miqat_engine::catalog::Catalog>,
+    pub season: miqat_engine::season::Season,
+    pub state: AppState,
+    pub listener: tokio::net::TcpListener,
+    pub options: ServeOptions,
+}
+
 async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
+    if args.peers.is_some() {
+        return crate::cluster::serve_cluster(&args).await;
+    }
     let metrics = miqat_api::telemetry::install().context("installing the metrics recorder")?;
     let durability = match args.durability.as_str() {
         "none" => {
@@ -468,7 +506,7 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -488,4 +526,38 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
     tracing::info!("shutdown signal: no new connections; finishing in-flight requests");
+}
+
+/// Installs the metrics recorder, loads the data set and the season, builds the API state and
+/// binds the listener: what a cluster node starts from (the single node's `run_async` does
+/// the same with its admin listener and fail-stop watch).
+pub(crate) fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
+    let metrics = miqat_api::telemetry::install().context("installing the metrics recorder")?;
+    let catalog = Arc::new(
+        load_catalog(&args.catalog)
+            .with_context(|| format!("loading the data set in {}", args.catalog.display()))?,
+    );
+    let season_path = args
+        .season
+        .clone()
+        .unwrap_or_else(|| args.catalog.join("season.toml"));
+    let season = load_season(&season_path, &catalog)?;
+    let config = api_config(args, &catalog)?;
+    let state = AppState::new(Arc::clone(&catalog), config, Some(metrics));
+    let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, "listening; recovering");
+    let options = ServeOptions {
+        request_read_timeout: Duration::from_secs_f64(args.request_read_timeout_secs),
+        idle_timeout: Duration::from_secs_f64(args.idle_timeout_secs),
+        connections_per_client_max: args.connections_per_client_max,
+        connections_max: args.connections_max,
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout_secs),
+    };
+    Ok(Prepared {
+        catalog,
+        season,
+        state,
+        listener,
+        options,
+    })
 }

@@ -222,6 +222,7 @@ fn loadtest_lists_its_parameters_without_a_catalog() {
     assert!(listed.contains("seed = "), "{listed}");
 }
 
+mod cluster;
 mod deploy;
 mod hardening;
 mod ops;

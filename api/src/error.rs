@@ -81,6 +81,16 @@ pub enum ApiError {
     Stopped(String),
     /// A refusal (or failure) of the engine, with caravan summaries already resolved.
     Engine(EngineError, Option<Vec<CaravanSummary>>),
+    /// 421 (cluster mode): this node does not take writes; the leader's API address, when
+    /// known, goes in the `Miqat-Leader` header. Nothing was decided.
+    NotLeader(Option<String>),
+    /// 503 with `Retry-After` (cluster mode): the write may or may not have been decided
+    /// (leadership changed or a timeout while it was in flight); retry with the same
+    /// `Idempotency-Key` to learn its outcome.
+    OutcomeUnknown,
+    /// Cluster mode: this operation is not replicated yet, so it is refused rather than made
+    /// on one node only.
+    NotReplicated(&'static str),
 }
 
 impl From<EngineError> for ApiError {
@@ -204,6 +214,36 @@ impl ApiError {
                          and the process exits to be restarted"
                     ),
                 );
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::NotLeader(_) => {
+                set(
+                    &mut p,
+                    "Not the leader",
+                    "not_leader",
+                    "this node does not take writes; send them to the node in the Miqat-Leader header",
+                );
+                StatusCode::MISDIRECTED_REQUEST
+            }
+            ApiError::NotReplicated(what) => {
+                set(
+                    &mut p,
+                    "Not available in cluster mode",
+                    "not_replicated",
+                    &format!(
+                        "{what} is not replicated in this version: it is refused in cluster mode, so that no node changes alone"
+                    ),
+                );
+                StatusCode::NOT_IMPLEMENTED
+            }
+            ApiError::OutcomeUnknown => {
+                set(
+                    &mut p,
+                    "Outcome unknown",
+                    "outcome_unknown",
+                    "the write may or may not have been made; retry with the same Idempotency-Key",
+                );
+                retry_after = Some(1);
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Engine(e, alternatives) => {
@@ -370,6 +410,11 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if let ApiError::NotLeader(Some(leader)) = &self
+            && let Ok(value) = HeaderValue::from_str(leader)
+        {
+            headers.insert("miqat-leader", value);
+        }
         response.extensions_mut().insert(ErrorCode(problem.code));
         response
     }
@@ -420,6 +465,9 @@ pub const ERROR_CODES: &[&str] = &[
     "receiver_holds_receipt",
     "dispatch_frozen",
     "province_change_unsupported",
+    "not_leader",
+    "outcome_unknown",
+    "not_replicated",
 ];
 
 #[cfg(test)]
@@ -488,6 +536,9 @@ mod tests {
             ApiError::NotReady,
             ApiError::Stopped("disk".into()),
             ApiError::Forbidden("f".into()),
+            ApiError::NotLeader(Some("127.0.0.1:1".into())),
+            ApiError::OutcomeUnknown,
+            ApiError::NotReplicated("x"),
         ]);
         for code in [
             "not_found",
@@ -513,6 +564,9 @@ mod tests {
                 | ApiError::NotReady
                 | ApiError::Stopped(_)
                 | ApiError::Forbidden(_)
+                | ApiError::NotLeader(_)
+                | ApiError::OutcomeUnknown
+                | ApiError::NotReplicated(_)
                 | ApiError::Engine(..) => {}
             }
         }

@@ -12,9 +12,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use miqat_engine::calendar::{JalaliDate, parse_national_id, parse_tehran_datetime};
 use miqat_engine::catalog::{CaravanIdx, HolderIdx, ProvinceIdx, Route};
+use miqat_engine::engine::{WriteAnswer, WriteCommand};
 use miqat_engine::model::{OperatorEvent, ReservationId, Status};
 use miqat_engine::season::{Wave, WaveOrder};
-use miqat_engine::{EngineError, ReservationFilter};
+use miqat_engine::{EngineError, ReservationFilter, ReserveOutcome};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
@@ -361,6 +362,29 @@ pub async fn reserve(
         .caravan_by_id(body.caravan_id.trim())
         .ok_or(ApiError::Engine(EngineError::CaravanNotFound, None))?;
     let key = idempotency_key(&headers)?;
+    if let Some(cluster) = state.cluster() {
+        let command = WriteCommand::Reserve {
+            holder,
+            caravan,
+            key: key.unwrap_or_default().to_vec(),
+        };
+        let (reservation, replayed) = match crate::cluster::replicate(&**cluster, command).await {
+            Ok(answer) => crate::cluster::reservation_answer(answer)?,
+            Err(ApiError::Engine(e, _)) => {
+                let e = refusal(&state, e);
+                metrics::counter!("miqat_reservations_total", "outcome" => e.code()).increment(1);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        return Ok(reserved(
+            &state,
+            ReserveOutcome {
+                reservation,
+                replayed,
+            },
+        ));
+    }
     // The decision is made and logged in one synchronous call: a client that goes away while
     // waiting below cannot leave it half-made, and a retry with its key finds it.
     let decided = match engine.reserve(holder, caravan, key) {
@@ -379,14 +403,18 @@ pub async fn reserve(
         }
     };
     engine.durable(decided.ticket).await?;
-    let outcome = decided.value;
+    Ok(reserved(&state, decided.value))
+}
+
+/// The `201` of a reservation.
+fn reserved(state: &AppState, outcome: ReserveOutcome) -> Response {
     state
         .inner
         .request_metrics
         .reservation(None, outcome.replayed);
     let mut response = (
         StatusCode::CREATED,
-        Json(reservation_json(&state, &outcome.reservation)),
+        Json(reservation_json(state, &outcome.reservation)),
     )
         .into_response();
     if let Ok(location) =
@@ -395,7 +423,7 @@ pub async fn reserve(
         response.headers_mut().insert(header::LOCATION, location);
     }
     mark_replayed(&mut response, outcome.replayed);
-    Ok(response)
+    response
 }
 
 /// The optional `Idempotency-Key` header every write takes; an empty one is refused (an
@@ -468,6 +496,13 @@ pub async fn cancel(
     let holder = header_credentials(&state, &headers)?;
     let id = reservation_id(&id)?;
     let engine = state.engine()?;
+    if let Some(cluster) = state.cluster() {
+        let key = idempotency_key(&headers)?.unwrap_or_default().to_vec();
+        let command = WriteCommand::Cancel { holder, id, key };
+        let answer = crate::cluster::replicate(&**cluster, command).await?;
+        let decided = crate::cluster::reservation_answer(answer)?;
+        return Ok(replayable(&state, StatusCode::OK, decided));
+    }
     let decided = engine.cancel_outcome(holder, id, idempotency_key(&headers)?)?;
     engine.durable(decided.ticket).await?;
     Ok(replayable(&state, StatusCode::OK, decided.value))
@@ -500,6 +535,13 @@ pub async fn accept(
     };
     let id = reservation_id(&id)?;
     let engine = state.engine()?;
+    if let Some(cluster) = state.cluster() {
+        let key = idempotency_key(&headers)?.unwrap_or_default().to_vec();
+        let command = WriteCommand::Accept { holder, id, key };
+        let answer = crate::cluster::replicate(&**cluster, command).await?;
+        let decided = crate::cluster::reservation_answer(answer)?;
+        return Ok(replayable(&state, StatusCode::OK, decided));
+    }
     let decided = engine.accept_offer_keyed(holder, id, idempotency_key(&headers)?)?;
     engine.durable(decided.ticket).await?;
     Ok(replayable(&state, StatusCode::OK, decided.value))
@@ -522,11 +564,22 @@ pub async fn join_waitlist(
 ) -> Result<Response, ApiError> {
     let holder = authenticate(&state, &body.national_id, &body.tracking_code)?;
     let engine = state.engine()?;
-    let decided = engine
-        .join_waitlist_keyed(holder, idempotency_key(&headers)?)
-        .map_err(|e| refusal(&state, e))?;
-    engine.durable(decided.ticket).await?;
-    let (joined, replayed) = decided.value;
+    let (joined, replayed) = if let Some(cluster) = state.cluster() {
+        let key = idempotency_key(&headers)?.unwrap_or_default().to_vec();
+        let command = WriteCommand::Join { holder, key };
+        match crate::cluster::replicate(&**cluster, command).await {
+            Ok(WriteAnswer::Place { place, replayed }) => (place, replayed),
+            Ok(_) => return Err(ApiError::Engine(EngineError::IdempotencyKeyReused, None)),
+            Err(ApiError::Engine(e, _)) => return Err(refusal(&state, e)),
+            Err(e) => return Err(e),
+        }
+    } else {
+        let decided = engine
+            .join_waitlist_keyed(holder, idempotency_key(&headers)?)
+            .map_err(|e| refusal(&state, e))?;
+        engine.durable(decided.ticket).await?;
+        decided.value
+    };
     let place = WaitlistPlace {
         province_id: engine.catalog().provinces()[usize::from(joined.province)].id,
         position: Some(joined.position),
@@ -641,6 +694,17 @@ pub async fn event(
         if !caravan.is_some_and(|c| who.runs_caravan(c)) {
             return Err(EngineError::ReservationNotFound.into());
         }
+    }
+    if let Some(cluster) = state.cluster() {
+        let key = idempotency_key(&headers)?.unwrap_or_default().to_vec();
+        let command = WriteCommand::Event {
+            id,
+            event: kind,
+            key,
+        };
+        let answer = crate::cluster::replicate(&**cluster, command).await?;
+        let decided = crate::cluster::reservation_answer(answer)?;
+        return Ok(replayable(&state, StatusCode::OK, decided));
     }
     let decided = engine.operator_event_keyed(id, kind, idempotency_key(&headers)?)?;
     engine.durable(decided.ticket).await?;
@@ -875,8 +939,12 @@ pub async fn replace_waves(
         });
     }
     let engine = state.engine()?;
-    let decided = engine.replace_schedule_with(waves, order)?;
-    engine.durable(decided.ticket).await?;
+    if let Some(cluster) = state.cluster() {
+        crate::cluster::replicate(&**cluster, WriteCommand::Schedule { waves, order }).await?;
+    } else {
+        let decided = engine.replace_schedule_with(waves, order)?;
+        engine.durable(decided.ticket).await?;
+    }
     audit(&who, "replace_waves", body.len());
     Ok(Json(
         engine
@@ -896,9 +964,11 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: recovery is done, requests are accepted and the log works.
+/// `GET /readyz`: recovery is done, requests are accepted and the log works; in cluster
+/// mode, only on the leader (elsewhere `421 not_leader` with the `Miqat-Leader` hint).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 421, description = "Cluster mode: not the leader", body = Problem),
         (status = 503, description = "`not_ready`: recovery still running, or the write-ahead log \
             failed (fail-stop: nothing is acknowledged any more and the process exits after \
             its grace period so that a supervisor restarts it)", body = Problem)))]
@@ -906,10 +976,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.engine().is_err() {
         return ApiError::NotReady.into_response();
     }
-    match state.log_failure() {
-        None => "ready\n".into_response(),
-        Some(cause) => ApiError::Stopped(cause).into_response(),
+    if let Some(cause) = state.log_failure() {
+        return ApiError::Stopped(cause).into_response();
     }
+    if let Some(cluster) = state.cluster() {
+        // A load balancer sends writes only to the node that takes them.
+        return if cluster.takes_writes() {
+            "ready\n".into_response()
+        } else {
+            let leader = cluster.status()["leader_api"].as_str().map(str::to_owned);
+            ApiError::NotLeader(leader).into_response()
+        };
+    }
+    "ready\n".into_response()
 }
 
 /// The client address a request came from, when the server knows it.
@@ -917,4 +996,19 @@ pub fn client_addr(req: &Request) -> Option<SocketAddr> {
     req.extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
+}
+
+/// `GET /v1/cluster`: this node's view of the cluster (role, term, leader, commit and
+/// applied index, members, lag per follower); 404 on a single-node server.
+#[utoipa::path(get, path = "/v1/cluster", tag = "operations",
+    responses((status = 200, description = "The cluster as this node sees it"),
+        (status = 404, body = Problem)))]
+pub async fn cluster_status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    match state.cluster() {
+        Some(cluster) => Ok(Json(cluster.status()).into_response()),
+        None => Err(ApiError::NotFound(
+            "not_clustered",
+            "this server runs as a single node".into(),
+        )),
+    }
 }

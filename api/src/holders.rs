@@ -172,6 +172,9 @@ pub async fn transfer(
             field: "to.national_id".into(),
             message: e.to_string(),
         })?;
+    if state.cluster().is_some() {
+        return Err(ApiError::NotReplicated("a receipt transfer"));
+    }
     let engine = state.engine()?;
     let found = engine.holder_by_receipt(body.receipt_no.trim());
     let holder = in_scope(&state, &who, found, "receipt_not_found")?;
@@ -218,6 +221,9 @@ pub async fn change_dispatch(
         field: "national_id".into(),
         message: e.to_string(),
     })?;
+    if state.cluster().is_some() {
+        return Err(ApiError::NotReplicated("a dispatch-city change"));
+    }
     let engine = state.engine()?;
     let found = engine.holder_now(national_id);
     let holder = in_scope(&state, &who, found, "holder_not_found")?;

@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod cache;
 pub mod client_ip;
+pub mod cluster;
 pub mod cors;
 pub mod dto;
 pub mod error;
@@ -104,6 +105,8 @@ pub(crate) struct Inner {
     /// The configuration as given (callers are authorized through `principals`).
     pub(crate) config: ApiConfig,
     pub(crate) engine: OnceLock<Arc<Engine>>,
+    /// Set in cluster mode only: writes then go through it.
+    pub(crate) cluster: OnceLock<Arc<dyn cluster::Cluster>>,
     pub(crate) cache: CaravanListCache,
     pub(crate) admission: Admission,
     pub(crate) holder_limiter: KeyedLimiter,
@@ -144,6 +147,7 @@ impl AppState {
                 config,
                 catalog,
                 engine: OnceLock::new(),
+                cluster: OnceLock::new(),
                 metrics,
                 request_metrics: RequestMetrics::new(route_labels()),
             }),
@@ -199,6 +203,9 @@ pub const ROUTES: &[RouteEntry] = &[
     route("/ops", Surface::Admin, || get(ops::page)),
     route("/v1/ops/summary", Surface::Admin, || get(ops::summary)),
     route("/v1/waves", Surface::Public, || get(handlers::waves)),
+    route("/v1/cluster", Surface::Public, || {
+        get(handlers::cluster_status)
+    }),
     route("/v1/provinces", Surface::Public, || {
         get(handlers::provinces)
     }),

@@ -24,7 +24,7 @@ use crate::{dto, error, handlers};
         handlers::reserve, handlers::get_reservation, handlers::cancel, handlers::accept,
         handlers::join_waitlist, handlers::waitlist_me, handlers::event,
         handlers::admin_reservations, handlers::admin_stats, handlers::replace_waves,
-        handlers::healthz, handlers::readyz, crate::metrics_text, serve,
+        handlers::healthz, handlers::readyz, handlers::cluster_status, crate::metrics_text, serve,
         crate::ops::summary, crate::ops::page,
         crate::roster::roster, crate::holders::transfer, crate::holders::change_dispatch,
     ),

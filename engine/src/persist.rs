@@ -226,26 +226,7 @@ impl Engine {
         let _one_at_a_time = self.snapshot_lock.lock();
         // Everything durable now is in the state captured below (see the module docs).
         let lsn_floor = wal.durable_lsn();
-        let mut out = Vec::with_capacity(1 << 20);
-        put_u32(&mut out, SNAPSHOT_VERSION);
-        put_u64(&mut out, self.catalog.fingerprint());
-        put_u32(&mut out, self.shards.len() as u32);
-        let mut cuts = Vec::with_capacity(self.shards.len() + 1);
-        {
-            let global = self.global.lock();
-            let cut = wal.staged_seq(self.shards.len() as u16);
-            cuts.push((self.shards.len() as u16, cut));
-            put_u64(&mut out, cut);
-            out.push(u8::from(self.schedule_replaced.load(Ordering::Acquire)));
-            encode_waves(&mut out, &global.waves, WaveLayout::V2);
-        }
-        for (p, shard) in self.shards.iter().enumerate() {
-            let st = shard.state.lock();
-            let cut = wal.staged_seq(p as u16);
-            cuts.push((p as u16, cut));
-            put_u64(&mut out, cut);
-            encode_shard(&mut out, &st);
-        }
+        let (out, cuts) = self.encode_image(|shard| wal.staged_seq(shard));
         // The state captured may include records staged but not yet on disk. Writing the
         // snapshot before they are would let it hold decisions the log lost in a crash (never
         // acknowledged, and a gap in the log's sequence after it): wait for every cut first.
@@ -260,8 +241,76 @@ impl Engine {
         Ok(())
     }
 
+    /// The snapshot payload of the whole state (module docs: the format), each shard's cut
+    /// read by `cut_of` under its lock; returns the payload and the cuts it wrote.
+    fn encode_image(&self, mut cut_of: impl FnMut(u16) -> u64) -> (Vec<u8>, Vec<(u16, u64)>) {
+        let mut out = Vec::with_capacity(1 << 20);
+        put_u32(&mut out, SNAPSHOT_VERSION);
+        put_u64(&mut out, self.catalog.fingerprint());
+        put_u32(&mut out, self.shards.len() as u32);
+        let mut cuts = Vec::with_capacity(self.shards.len() + 1);
+        {
+            let global = self.global.lock();
+            let cut = cut_of(self.shards.len() as u16);
+            cuts.push((self.shards.len() as u16, cut));
+            put_u64(&mut out, cut);
+            out.push(u8::from(self.schedule_replaced.load(Ordering::Acquire)));
+            encode_waves(&mut out, &global.waves, WaveLayout::V2);
+        }
+        for (p, shard) in self.shards.iter().enumerate() {
+            let st = shard.state.lock();
+            let cut = cut_of(p as u16);
+            cuts.push((p as u16, cut));
+            put_u64(&mut out, cut);
+            encode_shard(&mut out, &st);
+        }
+        (out, cuts)
+    }
+
+    /// The whole state in the snapshot payload format, with every shard's cut 0: what a
+    /// replicated state machine's snapshot carries (its position is the consensus log's, not
+    /// this engine's). The caller makes sure no command runs meanwhile.
+    pub fn state_image(&self) -> Vec<u8> {
+        self.encode_image(|_| 0).0
+    }
+
+    /// Replaces the whole state by `image` (from [`Engine::state_image`] or a snapshot file),
+    /// in place: every shard is emptied, then restored through the seat rule, then every
+    /// invariant is checked. The caller makes sure no command runs meanwhile. On an error the
+    /// state is unusable and the caller must stop.
+    pub fn restore_image(&self, image: &[u8]) -> Result<(), EngineError> {
+        let ranges = crate::engine::receipt_day_ranges(&self.catalog);
+        let schedule = Arc::new(self.season.schedule.clone());
+        *self.global.lock() = Arc::clone(&schedule);
+        self.schedule_replaced.store(false, Ordering::Release);
+        for (p, shard) in self.shards.iter().enumerate() {
+            let (first, last) = ranges[p];
+            let fresh = crate::machine::Shard::new(
+                &self.catalog,
+                ProvinceIdx(p as u16),
+                Arc::clone(&schedule),
+                first,
+                last,
+            );
+            std::mem::swap(&mut *shard.state.lock(), &mut *fresh.state.lock());
+            reset_counters(&fresh.counters, &shard.counters);
+        }
+        self.restore_image_into(image)
+            .map_err(|e| EngineError::Recovery(format!("state image: {e}")))?;
+        self.check_invariants()
+            .map_err(|e| EngineError::Recovery(format!("restored state is inconsistent: {e}")))
+    }
+
     /// Restores a snapshot into this empty engine; returns each shard's cut.
     fn restore_snapshot(&mut self, payload: &[u8]) -> Result<Vec<u64>, String> {
+        let (cuts, replaced) = self.restore_image_into(payload)?;
+        self.schedule_in_snapshot = replaced;
+        Ok(cuts)
+    }
+
+    /// Restores a snapshot payload into empty shards; returns each shard's cut and whether
+    /// the payload's schedule had been replaced.
+    fn restore_image_into(&self, payload: &[u8]) -> Result<(Vec<u64>, bool), String> {
         let mut r = Reader::new(payload);
         let version = r.u32()?;
         if !(SNAPSHOT_VERSION_MIN..=SNAPSHOT_VERSION).contains(&version) {
@@ -287,7 +336,6 @@ impl Engine {
         let replaced = r.u8()? != 0;
         let waves = decode_waves(&mut r, layout)?;
         if replaced {
-            self.schedule_in_snapshot = true;
             // The schedule in force when the snapshot was taken, applied as its record would be.
             let record = Record::Schedule { at_ms: 0, waves };
             let mut global = self.global.lock();
@@ -304,7 +352,7 @@ impl Engine {
         }
         r.finish()?;
         self.rebuild_transfer_index();
-        Ok(cuts)
+        Ok((cuts, replaced))
     }
 
     /// Stops the expiry thread, takes a final snapshot and flushes the log. Returns an error
@@ -338,6 +386,24 @@ impl Engine {
     }
 }
 
+/// Sets every counter of `to` to its value in `from` (a fresh shard's), except the records
+/// committed, which count on.
+fn reset_counters(from: &crate::machine::ShardCounters, to: &crate::machine::ShardCounters) {
+    for (f, t) in from.free.iter().zip(to.free.iter()) {
+        t.store(f.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    to.free_total
+        .store(from.free_total.load(Ordering::Relaxed), Ordering::Relaxed);
+    to.holds_live
+        .store(from.holds_live.load(Ordering::Relaxed), Ordering::Relaxed);
+    to.waiting
+        .store(from.waiting.load(Ordering::Relaxed), Ordering::Relaxed);
+    to.next_deadline_ms.store(
+        from.next_deadline_ms.load(Ordering::Relaxed),
+        Ordering::SeqCst,
+    );
+}
+
 fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
     put_u64(out, st.waitlist.next_join_seq());
     put_u32(out, st.reservations.len() as u32);
@@ -359,11 +425,14 @@ fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {
         put_u64(out, key.join_seq);
         put_u32(out, city.0);
     }
-    let entries: Vec<_> = st
+    let mut entries: Vec<_> = st
         .idempotency
         .iter()
         .flat_map(|(local, list)| list.iter().map(move |e| (*local, e)))
         .collect();
+    // In holder order (each holder's keys in their own order), not the map's: the same state
+    // then always has the same bytes, so replicas' images can be compared.
+    entries.sort_by_key(|(local, _)| *local);
     put_u32(out, entries.len() as u32);
     for (local, e) in entries {
         put_u32(out, local);

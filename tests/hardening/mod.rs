@@ -107,6 +107,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn honest_holders_are_answered_through_a_slow_body_flood_and_an_idle_flood() {
+    let _cores = crate::support::cores_alone().await;
     let data = DataSet::generate(20_000, 3_000, 21);
     let work = tempfile::tempdir().unwrap();
     let server = Server::start(&ServerOptions {

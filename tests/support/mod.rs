@@ -158,6 +158,14 @@ impl DataSet {
     }
 }
 
+/// Held by a test that must not share the machine's cores with another heavy test: the
+/// flood test counts honest answers within a time window, and three cluster nodes running
+/// beside it on two cores starve it. Tests holding it run one at a time.
+pub async fn cores_alone() -> tokio::sync::MutexGuard<'static, ()> {
+    static CORES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    CORES.lock().await
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -5,7 +5,7 @@ use crate::catalog::{Catalog, HolderIdx};
 
 /// Per province: the first and last receipt day of its holders ((0, 0) for a province with
 /// none), the bounds of its waiting list's receipt-day index.
-pub(super) fn receipt_day_ranges(catalog: &Catalog) -> Vec<(i32, i32)> {
+pub(crate) fn receipt_day_ranges(catalog: &Catalog) -> Vec<(i32, i32)> {
     let mut ranges = vec![(i32::MAX, i32::MIN); catalog.provinces().len()];
     for idx in 0..catalog.holder_count() as u32 {
         if let Some(h) = catalog.holder_facts(HolderIdx(idx)) {

@@ -25,10 +25,13 @@ mod expiry;
 mod holders;
 mod ops;
 mod reads;
+mod replicated;
 
-use derived::{price_ranks, receipt_day_ranges};
+use derived::price_ranks;
+pub(crate) use derived::receipt_day_ranges;
 pub use holders::{HolderProfile, PRINCIPAL_BYTES_MAX, TRACKING_CODE_BYTES_MAX, TransferRequest};
 pub use reads::{EngineStats, ReservationFilter};
+pub use replicated::{WriteAnswer, WriteCommand};
 
 /// The longest `Idempotency-Key` accepted, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;

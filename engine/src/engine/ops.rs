@@ -212,7 +212,7 @@ impl Engine {
 
 /// The key bytes of an optional `Idempotency-Key` (empty for none); refused if longer than
 /// [`IDEMPOTENCY_KEY_BYTES_MAX`].
-fn checked_key(key: Option<&[u8]>) -> Result<&[u8], EngineError> {
+pub(super) fn checked_key(key: Option<&[u8]>) -> Result<&[u8], EngineError> {
     let key = key.unwrap_or(&[]);
     if key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
         return Err(EngineError::InvalidField {

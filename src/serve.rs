@@ -186,7 +186,6 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
     if args.peers.is_some() {
         return crate::cluster::serve_cluster(&args).await;
     }
-    let metrics = miqat_api::telemetry::install().context("installing the metrics recorder")?;
     let durability = match args.durability.as_str() {
         "none" => {
             tracing::warn!(
@@ -198,23 +197,17 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => Durability::Fsync,
     };
-    let catalog = Arc::new(
-        load_catalog(&args.catalog)
-            .with_context(|| format!("loading the data set in {}", args.catalog.display()))?,
-    );
-    let season_path = args
-        .season
-        .clone()
-        .unwrap_or_else(|| args.catalog.join("season.toml"));
-    let season = load_season(&season_path, &catalog)?;
-    let config = api_config(&args, &catalog)?;
-    let state = AppState::new(Arc::clone(&catalog), config, Some(metrics));
-    let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    let Prepared {
+        catalog,
+        season,
+        state,
+        listener,
+        options,
+    } = prepare(&args)?;
     let admin_listener = match args.admin_listen {
         Some(addr) => Some(listen(addr).with_context(|| format!("listening (admin) on {addr}"))?),
         None => None,
     };
-    tracing::info!(listen = %args.listen, "listening; recovering");
     say(&format!("listening on http://{}", listener.local_addr()?));
     if let Some(admin) = &admin_listener {
         say(&format!(
@@ -249,13 +242,6 @@ async fn run_async(args: ServeArgs) -> anyhow::Result<()> {
                 },
             )
         })
-    };
-    let options = ServeOptions {
-        request_read_timeout: Duration::from_secs_f64(args.request_read_timeout_secs),
-        idle_timeout: Duration::from_secs_f64(args.idle_timeout_secs),
-        connections_per_client_max: args.connections_per_client_max,
-        connections_max: args.connections_max,
-        drain_timeout: Duration::from_secs_f64(args.drain_timeout_secs),
     };
     let (stop_tx, stop_rx) = watch::channel(None::<Stop>);
     let stop_tx = Arc::new(stop_tx);
@@ -529,8 +515,8 @@ pub(crate) async fn shutdown_signal() {
 }
 
 /// Installs the metrics recorder, loads the data set and the season, builds the API state and
-/// binds the listener: what a cluster node starts from (the single node's `run_async` does
-/// the same with its admin listener and fail-stop watch).
+/// binds the public listener: what both modes start from (the single node then adds its admin
+/// listener and fail-stop watch).
 pub(crate) fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     let metrics = miqat_api::telemetry::install().context("installing the metrics recorder")?;
     let catalog = Arc::new(

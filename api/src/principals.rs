@@ -273,7 +273,7 @@ fn resolve(
             ),
         )
     })?;
-    let hash = parse_sha256_hex(entry.token_sha256.trim())
+    let hash = parse_hex_32(entry.token_sha256.trim())
         .ok_or_else(|| ("token_sha256", "64 hexadecimal digits expected".into()))?;
     let mut caravans = Vec::with_capacity(entry.caravans.len());
     for caravan_id in &entry.caravans {
@@ -337,7 +337,8 @@ pub fn token_sha256_hex(token: &str) -> String {
         .collect()
 }
 
-fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
+/// 32 bytes from 64 hexadecimal digits (a SHA-256 digest, an HMAC key), `None` otherwise.
+pub(crate) fn parse_hex_32(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 || !text.is_ascii() {
         return None;
     }
@@ -359,12 +360,9 @@ mod tests {
             token_sha256_hex("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(
-            parse_sha256_hex(&token_sha256_hex("abc")),
-            Some(sha256(b"abc"))
-        );
+        assert_eq!(parse_hex_32(&token_sha256_hex("abc")), Some(sha256(b"abc")));
         for bad in ["", "zz", &"g".repeat(64), &"a".repeat(63), &"é".repeat(32)] {
-            assert_eq!(parse_sha256_hex(bad), None, "{bad:?}");
+            assert_eq!(parse_hex_32(bad), None, "{bad:?}");
         }
     }
 

@@ -88,7 +88,7 @@ impl PassKey {
         else {
             return Err(PassRefusal::Forged);
         };
-        let signature = parse_hex_32(signature).ok_or(PassRefusal::Forged)?;
+        let signature = crate::principals::parse_hex_32(signature).ok_or(PassRefusal::Forged)?;
         self.mac(nid, w, expires_ms)
             .verify_slice(&signature)
             .map_err(|_| PassRefusal::Forged)?;
@@ -100,17 +100,6 @@ impl PassKey {
         }
         Ok(())
     }
-}
-
-fn parse_hex_32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -2,25 +2,12 @@
 //! all on one hot caravan. Every timed decision succeeds (the plan fills caravans exactly).
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use miqat_bench::{FixedClock, fill_plan, hot_caravan, national};
-use miqat_engine::catalog::{CaravanIdx, Catalog, HolderIdx};
-use miqat_engine::season::Season;
-use miqat_engine::{Engine, EngineConfig};
-
-fn engine(catalog: &Arc<Catalog>, season: &Season) -> Arc<Engine> {
-    let clock = FixedClock(season.schedule.waves[0].opens_at_ms + 1);
-    Engine::in_memory(
-        Arc::clone(catalog),
-        season.clone(),
-        Arc::new(clock),
-        EngineConfig::default(),
-    )
-    .unwrap()
-}
+use miqat_bench::{engine_at_opening, fill_plan, hot_caravan, national};
+use miqat_engine::Engine;
+use miqat_engine::catalog::{CaravanIdx, HolderIdx};
 
 fn run(engine: &Engine, plan: &[(HolderIdx, CaravanIdx)]) {
     for &(h, c) in plan {
@@ -52,14 +39,14 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(plan.len() as u64));
     g.bench_function("spread/1_thread", |b| {
         b.iter_batched(
-            || engine(&catalog, &season),
+            || engine_at_opening(&catalog, &season),
             |e| run(&e, &plan),
             BatchSize::PerIteration,
         )
     });
     g.bench_function("spread/2_threads", |b| {
         b.iter_batched(
-            || engine(&catalog, &season),
+            || engine_at_opening(&catalog, &season),
             |e| run_threads(&e, &spread),
             BatchSize::PerIteration,
         )
@@ -80,14 +67,14 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(u64::from(seats)));
     g.bench_function("hot_caravan/1_thread", |b| {
         b.iter_batched(
-            || engine(&hot, &hot_season),
+            || engine_at_opening(&hot, &hot_season),
             |e| run(&e, &hot_plan),
             BatchSize::PerIteration,
         )
     });
     g.bench_function("hot_caravan/2_threads", |b| {
         b.iter_batched(
-            || engine(&hot, &hot_season),
+            || engine_at_opening(&hot, &hot_season),
             |e| run_threads(&e, &hot_halves),
             BatchSize::PerIteration,
         )

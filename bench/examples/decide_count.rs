@@ -5,23 +5,9 @@
 //! `decide_count [hot|spread] [rounds]` prints the median over `rounds` fresh engines.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::sync::Arc;
-
-use miqat_bench::{FixedClock, fill_plan, hot_caravan, national};
-use miqat_engine::catalog::{CaravanIdx, Catalog, HolderIdx};
-use miqat_engine::season::Season;
-use miqat_engine::{Engine, EngineConfig};
-
-fn engine(catalog: &Arc<Catalog>, season: &Season) -> Arc<Engine> {
-    let clock = FixedClock(season.schedule.waves[0].opens_at_ms + 1);
-    Engine::in_memory(
-        Arc::clone(catalog),
-        season.clone(),
-        Arc::new(clock),
-        EngineConfig::default(),
-    )
-    .unwrap()
-}
+use miqat_bench::{engine_at_opening, fill_plan, hot_caravan, national};
+use miqat_engine::Engine;
+use miqat_engine::catalog::{CaravanIdx, HolderIdx};
 
 #[inline(never)]
 fn run_plan(engine: &Engine, plan: &[(HolderIdx, CaravanIdx)]) {
@@ -59,7 +45,7 @@ fn main() {
     };
     let mut rates = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        let e = engine(&catalog, &season);
+        let e = engine_at_opening(&catalog, &season);
         let before = thread_cpu_ns();
         run_plan(&e, &plan);
         let spent = thread_cpu_ns().saturating_sub(before).max(1);

@@ -111,6 +111,18 @@ impl Clock for FixedClock {
     }
 }
 
+/// An in-memory engine over `catalog` whose clock stands just after the first wave opened.
+pub fn engine_at_opening(catalog: &Arc<Catalog>, season: &Season) -> Arc<miqat_engine::Engine> {
+    let clock = FixedClock(season.schedule.waves[0].opens_at_ms + 1);
+    miqat_engine::Engine::in_memory(
+        Arc::clone(catalog),
+        season.clone(),
+        Arc::new(clock),
+        miqat_engine::EngineConfig::default(),
+    )
+    .expect("an engine over a valid data set")
+}
+
 /// Resident set size of this process in bytes, from `/proc/self/status` (0 if unknown).
 pub fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    DataSet, HolderRow, Http, Server, ServerOptions, free_addr, holder_headers, raw_get_status,
-    reserve_body, text,
+    DataSet, HolderRow, Http, Server, ServerOptions, holder_headers, raw_get_status, reserve_body,
+    stable_free_addr, text,
 };
 
 const NODES: usize = 3;
@@ -31,7 +31,7 @@ struct Cluster<'a> {
 
 impl<'a> Cluster<'a> {
     fn new(data: &'a DataSet, root: &'a Path) -> Cluster<'a> {
-        let raft: Vec<SocketAddr> = (0..NODES).map(|_| free_addr()).collect();
+        let raft: Vec<SocketAddr> = (0..NODES).map(|_| stable_free_addr()).collect();
         let peers = raft
             .iter()
             .enumerate()

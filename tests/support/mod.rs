@@ -166,6 +166,24 @@ pub async fn cores_alone() -> tokio::sync::MutexGuard<'static, ()> {
     CORES.lock().await
 }
 
+/// A free TCP port on 127.0.0.1 below Linux's ephemeral range (32768-60999), for a port a
+/// test names before a process binds it and binds again after a restart: an ephemeral port
+/// can be taken meanwhile by any outgoing connection (the flood tests open thousands), a port
+/// below the range only by another listener that names it.
+pub fn stable_free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread over the range by process id, then walk it: tests of one run never collide.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 6_000) as u16 * 2;
+    for _ in 0..12_000 {
+        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free port between 20000 and 32000");
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

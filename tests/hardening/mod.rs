@@ -333,11 +333,14 @@ async fn connections_past_the_per_client_cap_are_closed_and_others_are_served() 
 /// Sends `head` (and nothing more) on a fresh connection; returns the answer and how long it
 /// took to arrive and the connection to close.
 fn raw_exchange(addr: SocketAddr, head: &[u8], trickle: Option<Duration>) -> (String, Duration) {
+    // The clock starts before the connection does: the server may accept (and start its own
+    // timers) before `connect` returns here, and a clock started after that would see the
+    // server's deadline arrive a hair early.
+    let started = Instant::now();
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
-    let started = Instant::now();
     stream.write_all(head).unwrap();
     if let Some(every) = trickle {
         stream.set_nonblocking(true).unwrap();

@@ -88,9 +88,6 @@ pub enum ApiError {
     /// (leadership changed or a timeout while it was in flight); retry with the same
     /// `Idempotency-Key` to learn its outcome.
     OutcomeUnknown,
-    /// Cluster mode: this operation is not replicated yet, so it is refused rather than made
-    /// on one node only.
-    NotReplicated(&'static str),
 }
 
 impl From<EngineError> for ApiError {
@@ -224,17 +221,6 @@ impl ApiError {
                     "this node does not take writes; send them to the node in the Miqat-Leader header",
                 );
                 StatusCode::MISDIRECTED_REQUEST
-            }
-            ApiError::NotReplicated(what) => {
-                set(
-                    &mut p,
-                    "Not available in cluster mode",
-                    "not_replicated",
-                    &format!(
-                        "{what} is not replicated in this version: it is refused in cluster mode, so that no node changes alone"
-                    ),
-                );
-                StatusCode::NOT_IMPLEMENTED
             }
             ApiError::OutcomeUnknown => {
                 set(
@@ -467,7 +453,6 @@ pub const ERROR_CODES: &[&str] = &[
     "province_change_unsupported",
     "not_leader",
     "outcome_unknown",
-    "not_replicated",
 ];
 
 #[cfg(test)]
@@ -538,7 +523,6 @@ mod tests {
             ApiError::Forbidden("f".into()),
             ApiError::NotLeader(Some("127.0.0.1:1".into())),
             ApiError::OutcomeUnknown,
-            ApiError::NotReplicated("x"),
         ]);
         for code in [
             "not_found",
@@ -566,7 +550,6 @@ mod tests {
                 | ApiError::Forbidden(_)
                 | ApiError::NotLeader(_)
                 | ApiError::OutcomeUnknown
-                | ApiError::NotReplicated(_)
                 | ApiError::Engine(..) => {}
             }
         }

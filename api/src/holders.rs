@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use miqat_engine::calendar::{JalaliDate, format_national_id, parse_national_id};
 use miqat_engine::catalog::{CityIdx, HolderIdx};
+use miqat_engine::engine::WriteCommand;
 use miqat_engine::{HolderProfile, TransferRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -172,21 +173,30 @@ pub async fn transfer(
             field: "to.national_id".into(),
             message: e.to_string(),
         })?;
-    if state.cluster().is_some() {
-        return Err(ApiError::NotReplicated("a receipt transfer"));
-    }
     let engine = state.engine()?;
     let found = engine.holder_by_receipt(body.receipt_no.trim());
     let holder = in_scope(&state, &who, found, "receipt_not_found")?;
     let city = resolve_city(&state, "to.", body.to.province_id, &body.to.city)?;
-    let decided = engine.transfer(TransferRequest {
+    let request = TransferRequest {
         holder,
         national_id,
         tracking_code: body.to.tracking_code.trim(),
         city,
         principal: &who.id,
-    })?;
-    engine.durable(decided.ticket).await?;
+    };
+    if let Some(cluster) = state.cluster() {
+        let command = WriteCommand::Transfer {
+            holder,
+            national_id,
+            tracking_code: request.tracking_code.to_owned(),
+            city,
+            principal: who.id.to_string(),
+        };
+        crate::cluster::replicate(&**cluster, command).await?;
+    } else {
+        let decided = engine.transfer(request)?;
+        engine.durable(decided.ticket).await?;
+    }
     tracing::info!(
         target: "miqat::audit",
         principal = %who.id,
@@ -221,15 +231,21 @@ pub async fn change_dispatch(
         field: "national_id".into(),
         message: e.to_string(),
     })?;
-    if state.cluster().is_some() {
-        return Err(ApiError::NotReplicated("a dispatch-city change"));
-    }
     let engine = state.engine()?;
     let found = engine.holder_now(national_id);
     let holder = in_scope(&state, &who, found, "holder_not_found")?;
     let city = resolve_city(&state, "", body.province_id, &body.city)?;
-    let decided = engine.change_dispatch(holder, city, &who.id)?;
-    engine.durable(decided.ticket).await?;
+    if let Some(cluster) = state.cluster() {
+        let command = WriteCommand::Dispatch {
+            holder,
+            city,
+            principal: who.id.to_string(),
+        };
+        crate::cluster::replicate(&**cluster, command).await?;
+    } else {
+        let decided = engine.change_dispatch(holder, city, &who.id)?;
+        engine.durable(decided.ticket).await?;
+    }
     tracing::info!(
         target: "miqat::audit",
         principal = %who.id,

@@ -315,3 +315,77 @@ fn a_transfer_and_a_dispatch_change_survive_a_snapshot_and_a_replay() {
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].national_id, receiver);
 }
+
+/// In cluster mode a transfer and a dispatch change travel as [`WriteCommand`] bytes in the
+/// consensus log: every replica that executes them in order ends with the same owners,
+/// cities and refusals, and a transfer cannot be replayed into a second one.
+#[test]
+fn transfers_and_dispatch_changes_run_alike_on_every_replica_from_their_bytes() {
+    use miqat_engine::engine::{WriteAnswer, WriteCommand};
+
+    let catalog = fixture::parse(WORLD).catalog;
+    let replica = || {
+        Engine::in_memory(
+            Arc::clone(&catalog),
+            fixture::parse(WORLD).season,
+            Arc::new(ManualClock::new(T0)),
+            EngineConfig::default(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (replica(), replica());
+    let city_b = catalog.city_by_name(ProvinceIdx(0), "B").unwrap();
+    let commands = [
+        WriteCommand::Transfer {
+            holder: HolderIdx(0),
+            national_id: 5000,
+            tracking_code: "new0".into(),
+            city: city_b,
+            principal: "office-north".into(),
+        },
+        WriteCommand::Dispatch {
+            holder: HolderIdx(1),
+            city: city_b,
+            principal: "office-north".into(),
+        },
+        // The same receipt again: refused on every replica.
+        WriteCommand::Transfer {
+            holder: HolderIdx(0),
+            national_id: 5001,
+            tracking_code: "new1".into(),
+            city: city_b,
+            principal: "office-north".into(),
+        },
+    ];
+    let mut answers = Vec::new();
+    for command in &commands {
+        let mut bytes = Vec::new();
+        command.encode(&mut bytes);
+        let decoded = WriteCommand::decode(&bytes).unwrap();
+        assert_eq!(&decoded, command);
+        let on_a = a.execute(&decoded, T0 + 1_000, 7).map_err(|e| e.code());
+        let on_b = b.execute(&decoded, T0 + 1_000, 7).map_err(|e| e.code());
+        assert_eq!(on_a, on_b);
+        answers.push(on_a);
+    }
+    assert_eq!(
+        answers,
+        vec![
+            Ok(WriteAnswer::ProfileChanged),
+            Ok(WriteAnswer::ProfileChanged),
+            Err("transfer_used"),
+        ]
+    );
+    for replica in [&a, &b] {
+        assert_eq!(replica.holder_now(5000), Some(HolderIdx(0)));
+        assert_eq!(replica.holder_now(5001), None);
+        assert_eq!(replica.holder_profile(HolderIdx(1)).unwrap().city, city_b);
+        assert_eq!(replica.authenticate(5000, "new0").unwrap(), HolderIdx(0));
+    }
+    // A command cut short or followed by stray bytes is refused, never half read.
+    let mut bytes = Vec::new();
+    commands[0].encode(&mut bytes);
+    assert!(WriteCommand::decode(&bytes[..bytes.len() - 1]).is_err());
+    bytes.push(0);
+    assert!(WriteCommand::decode(&bytes).is_err());
+}

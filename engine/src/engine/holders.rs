@@ -103,6 +103,15 @@ impl Engine {
     /// `giver_has_reservation` as [`decide_profile_change`] says; `invalid_field` for a city
     /// outside the receipt's province or an oversized field.
     pub fn transfer(&self, request: TransferRequest<'_>) -> Result<Committed<()>, EngineError> {
+        self.transfer_at(request, self.now_ms())
+    }
+
+    /// [`Engine::transfer`] at engine time `now_ms` (a replicated log entry's time).
+    pub(crate) fn transfer_at(
+        &self,
+        request: TransferRequest<'_>,
+        now_ms: i64,
+    ) -> Result<Committed<()>, EngineError> {
         // Stored as authentication compares: trimmed, Persian digits as ASCII.
         let code = crate::calendar::normalize_digits(request.tracking_code.trim());
         let request = TransferRequest {
@@ -135,7 +144,7 @@ impl Engine {
             city: request.city,
             principal: request.principal,
         };
-        let committed = self.change_profile(change)?;
+        let committed = self.change_profile(change, now_ms)?;
         index.note(request.holder, request.national_id, request.tracking_code);
         self.any_transfer.store(true, Ordering::Release);
         Ok(committed)
@@ -150,15 +159,31 @@ impl Engine {
         city: CityIdx,
         principal: &str,
     ) -> Result<Committed<()>, EngineError> {
-        self.change_profile(ProfileChange {
+        self.change_dispatch_at(holder, city, principal, self.now_ms())
+    }
+
+    /// [`Engine::change_dispatch`] at engine time `now_ms` (a replicated log entry's time).
+    pub(crate) fn change_dispatch_at(
+        &self,
+        holder: HolderIdx,
+        city: CityIdx,
+        principal: &str,
+        now_ms: i64,
+    ) -> Result<Committed<()>, EngineError> {
+        let change = ProfileChange {
             holder,
             receiver: None,
             city,
             principal,
-        })
+        };
+        self.change_profile(change, now_ms)
     }
 
-    fn change_profile(&self, change: ProfileChange<'_>) -> Result<Committed<()>, EngineError> {
+    fn change_profile(
+        &self,
+        change: ProfileChange<'_>,
+        now_ms: i64,
+    ) -> Result<Committed<()>, EngineError> {
         check_len("principal", change.principal, PRINCIPAL_BYTES_MAX)?;
         let facts = self
             .catalog
@@ -173,7 +198,6 @@ impl Engine {
             return Err(EngineError::ProvinceChangeUnsupported);
         }
         let p = usize::from(facts.province);
-        let now_ms = self.now_ms();
         let mut st = self.shards[p].state.lock();
         let record = decide_profile_change(&st, &self.ctx(), change, now_ms)?;
         let ticket = self.commit(p, &mut st, &record)?;

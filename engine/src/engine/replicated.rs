@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
-use crate::catalog::{CaravanIdx, HolderIdx, ProvinceIdx};
+use crate::catalog::{CaravanIdx, CityIdx, HolderIdx, ProvinceIdx};
 use crate::error::EngineError;
 use crate::machine::{Command, Decision, Reply, ShardState, decide, decide_schedule};
 use crate::model::{OperatorEvent, ReservationId, ReservationView, WaitlistPlace};
@@ -21,6 +21,7 @@ use crate::record::{
 };
 use crate::season::{Wave, WaveOrder};
 
+use super::holders::TransferRequest;
 use super::ops::checked_key;
 use super::{EXPIRY_BATCH_MAX, Engine};
 
@@ -79,6 +80,29 @@ pub enum WriteCommand {
         /// Whether wave order is checked.
         order: WaveOrder,
     },
+    /// An office hands receipt `holder` to another person ([`Engine::transfer`]).
+    Transfer {
+        /// The receipt given.
+        holder: HolderIdx,
+        /// The receiver's national ID.
+        national_id: u64,
+        /// The receiver's tracking code.
+        tracking_code: String,
+        /// The receiver's city of dispatch.
+        city: CityIdx,
+        /// Who asks, for the log.
+        principal: String,
+    },
+    /// An office changes the city of dispatch of receipt `holder`
+    /// ([`Engine::change_dispatch`]).
+    Dispatch {
+        /// The receipt.
+        holder: HolderIdx,
+        /// The new city of dispatch.
+        city: CityIdx,
+        /// Who asks, for the log.
+        principal: String,
+    },
 }
 
 /// What an executed [`WriteCommand`] answers.
@@ -103,6 +127,8 @@ pub enum WriteAnswer {
     Expired(usize),
     /// The schedule was replaced.
     ScheduleReplaced,
+    /// A holder's profile (who holds the receipt, where they travel from) was changed.
+    ProfileChanged,
 }
 
 const TAG_RESERVE: u8 = 1;
@@ -112,6 +138,8 @@ const TAG_EVENT: u8 = 4;
 const TAG_JOIN: u8 = 5;
 const TAG_EXPIRE: u8 = 6;
 const TAG_SCHEDULE: u8 = 7;
+const TAG_TRANSFER: u8 = 8;
+const TAG_DISPATCH: u8 = 9;
 
 impl WriteCommand {
     /// Appends the command's byte form (a tag byte, then its fields little-endian; keys and
@@ -156,6 +184,30 @@ impl WriteCommand {
                 out.push(TAG_SCHEDULE);
                 out.push(u8::from(*order == WaveOrder::Strict));
                 encode_waves(out, waves, WaveLayout::V2);
+            }
+            WriteCommand::Transfer {
+                holder,
+                national_id,
+                tracking_code,
+                city,
+                principal,
+            } => {
+                out.push(TAG_TRANSFER);
+                put_u32(out, holder.0);
+                out.extend_from_slice(&national_id.to_le_bytes());
+                put_bytes(out, tracking_code.as_bytes());
+                put_u32(out, city.0);
+                put_bytes(out, principal.as_bytes());
+            }
+            WriteCommand::Dispatch {
+                holder,
+                city,
+                principal,
+            } => {
+                out.push(TAG_DISPATCH);
+                put_u32(out, holder.0);
+                put_u32(out, city.0);
+                put_bytes(out, principal.as_bytes());
             }
         }
     }
@@ -210,11 +262,27 @@ impl WriteCommand {
                     waves: decode_waves(&mut r, WaveLayout::V2)?,
                 }
             }
+            TAG_TRANSFER => WriteCommand::Transfer {
+                holder: HolderIdx(r.u32()?),
+                national_id: r.u64()?,
+                tracking_code: utf8(r.bytes()?, "tracking code")?,
+                city: CityIdx(r.u32()?),
+                principal: utf8(r.bytes()?, "principal")?,
+            },
+            TAG_DISPATCH => WriteCommand::Dispatch {
+                holder: HolderIdx(r.u32()?),
+                city: CityIdx(r.u32()?),
+                principal: utf8(r.bytes()?, "principal")?,
+            },
             tag => return Err(format!("unknown command tag {tag}")),
         };
         r.finish()?;
         Ok(command)
     }
+}
+
+fn utf8(bytes: &[u8], what: &str) -> Result<String, String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
 }
 
 impl Engine {
@@ -301,6 +369,33 @@ impl Engine {
                 let mut global = self.global.lock();
                 self.apply_schedule(&mut global, &record);
                 Ok(WriteAnswer::ScheduleReplaced)
+            }
+            WriteCommand::Transfer {
+                holder,
+                national_id,
+                tracking_code,
+                city,
+                principal,
+            } => {
+                let request = TransferRequest {
+                    holder: *holder,
+                    national_id: *national_id,
+                    tracking_code,
+                    city: *city,
+                    principal,
+                };
+                // No ticket to wait for: the engine has no log of its own here, and the
+                // consensus log holds the command durably before it is executed.
+                let _no_ticket = self.transfer_at(request, now_ms)?;
+                Ok(WriteAnswer::ProfileChanged)
+            }
+            WriteCommand::Dispatch {
+                holder,
+                city,
+                principal,
+            } => {
+                let _no_ticket = self.change_dispatch_at(*holder, *city, principal, now_ms)?;
+                Ok(WriteAnswer::ProfileChanged)
             }
         }
     }

@@ -505,7 +505,7 @@ async fn repeated_leader_kills_a_freeze_and_a_full_outage_lose_no_acknowledged_r
     let leader = cluster.leader().await;
     cluster.caught_up(leader).await;
     println!(
-        "all three killed: first write acknowledged after {}",
+        "all three killed: first write acknowledged {} after the last one exited (restarts included)",
         ms(outage_gap)
     );
 

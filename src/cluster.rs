@@ -36,6 +36,13 @@ enum ClusterCommand {
         #[arg(long, env = "MIQAT_NODE")]
         node: String,
     },
+    /// Print the node's applied index and the SHA-256 of its replicated state there as JSON:
+    /// nodes at the same applied index must print the same digest.
+    Digest {
+        /// The node's `--raft-listen` address.
+        #[arg(long, env = "MIQAT_NODE")]
+        node: String,
+    },
 }
 
 /// Runs `miqat cluster ...`.
@@ -47,6 +54,7 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
     let (method, node, path) = match &args.command {
         ClusterCommand::Init { node } => (hyper::Method::POST, node, "/cluster/init"),
         ClusterCommand::Status { node } => (hyper::Method::GET, node, "/cluster/status"),
+        ClusterCommand::Digest { node } => (hyper::Method::GET, node, "/cluster/digest"),
     };
     let (status, body) = runtime
         .block_on(operator_call(node, method, path))

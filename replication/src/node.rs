@@ -119,6 +119,8 @@ pub struct ClusterNode {
     api_addr: String,
     queue: mpsc::Sender<Proposal>,
     expiry_in_flight: AtomicBool,
+    /// The state machine Raft drives (a clone sharing its state), for the state digest.
+    state_machine: StateMachine,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -162,7 +164,7 @@ impl ClusterNode {
             Arc::new(raft_config),
             PeerNetwork::new(client.clone()),
             log,
-            sm,
+            sm.clone(),
         )
         .await
         .map_err(|e| format!("starting Raft: {e}"))?;
@@ -176,6 +178,7 @@ impl ClusterNode {
             api_addr: config.api_addr.clone(),
             queue,
             expiry_in_flight: AtomicBool::new(false),
+            state_machine: sm,
         });
         let listener = tokio::net::TcpListener::bind(config.raft_listen)
             .await
@@ -202,6 +205,7 @@ impl ClusterNode {
             .route("/raft/node", get(serve_node))
             .route("/cluster/init", post(serve_init))
             .route("/cluster/status", get(serve_status))
+            .route("/cluster/digest", get(serve_digest))
             .with_state(Arc::clone(self));
         peers
             .merge(operator)
@@ -491,6 +495,19 @@ async fn serve_init(State(node): State<Arc<ClusterNode>>) -> Response {
 /// `GET /cluster/status`: as `GET /v1/cluster`.
 async fn serve_status(State(node): State<Arc<ClusterNode>>) -> Response {
     axum::Json(node.status_json()).into_response()
+}
+
+/// `GET /cluster/digest`: the applied index and the SHA-256 of the replicated state there
+/// (`{"applied_index", "applied_term", "digest"}`), to compare replicas.
+async fn serve_digest(State(node): State<Arc<ClusterNode>>) -> Response {
+    let (applied, digest) = node.state_machine.digest();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    axum::Json(serde_json::json!({
+        "applied_index": applied.map_or(0, |l| l.index),
+        "applied_term": applied.map(|l| l.leader_id.term),
+        "digest": hex,
+    }))
+    .into_response()
 }
 
 /// Sends the operator's request `method path` to the node whose Raft address is `raft_addr`

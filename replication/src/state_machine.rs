@@ -102,6 +102,17 @@ impl StateMachine {
     pub fn last_applied(&self) -> Option<LogId<NodeId>> {
         self.shared.meta.lock().last_applied
     }
+
+    /// The last log id applied and a SHA-256 of the replicated state there (the time floor
+    /// and the engine's image, the bytes a snapshot carries). Taken under the apply lock, so
+    /// the digest is exactly the state at that index: replicas that report the same index
+    /// must report the same digest.
+    pub fn digest(&self) -> (Option<LogId<NodeId>>, [u8; 32]) {
+        use sha2::{Digest, Sha256};
+        let meta = self.shared.meta.lock();
+        let data = snapshot_data(meta.time_floor_ms, &self.shared.engine.state_image());
+        (meta.last_applied, Sha256::digest(&data).into())
+    }
 }
 
 impl Shared {

@@ -17,6 +17,8 @@ use crate::support::{
     stable_free_addr, text,
 };
 
+mod failover;
+
 const NODES: usize = 3;
 
 /// Three nodes' processes and addresses.
@@ -27,10 +29,17 @@ struct Cluster<'a> {
     peers: String,
     nodes: Vec<Option<Server>>,
     starts: usize,
+    /// Further `miqat serve` arguments of every node.
+    serve_args: Vec<String>,
 }
 
 impl<'a> Cluster<'a> {
     fn new(data: &'a DataSet, root: &'a Path) -> Cluster<'a> {
+        Cluster::with_args(data, root, &[])
+    }
+
+    /// [`Cluster::new`], every node started with `serve_args` too.
+    fn with_args(data: &'a DataSet, root: &'a Path, serve_args: &[&str]) -> Cluster<'a> {
         let raft: Vec<SocketAddr> = (0..NODES).map(|_| stable_free_addr()).collect();
         let peers = raft
             .iter()
@@ -45,6 +54,7 @@ impl<'a> Cluster<'a> {
             peers,
             nodes: (0..NODES).map(|_| None).collect(),
             starts: 0,
+            serve_args: serve_args.iter().map(|a| (*a).to_owned()).collect(),
         };
         for i in 0..NODES {
             cluster.start(i);
@@ -71,7 +81,10 @@ impl<'a> Cluster<'a> {
                 // Generous for a busy 2-core machine: a stalled process must not look dead.
                 "--raft-election-ms".into(),
                 "700".into(),
-            ],
+            ]
+            .into_iter()
+            .chain(self.serve_args.iter().cloned())
+            .collect(),
         });
         let started = Instant::now();
         while raw_get_status(server.addr, "/healthz") != Some(200) {

@@ -171,23 +171,45 @@ pub async fn cores_alone() -> tokio::sync::MutexGuard<'static, ()> {
 /// can be taken meanwhile by any outgoing connection (the flood tests open thousands), a port
 /// below the range only by another listener that names it.
 pub fn stable_free_addr() -> SocketAddr {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    // Spread over the range by process id, then walk it: tests of one run never collide.
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 6_000) as u16 * 2;
-    for _ in 0..12_000 {
-        let port = 20_000 + (base - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().unwrap();
-        }
-    }
-    panic!("no free port between 20000 and 32000");
+    let (low, high) = test_ports().unwrap_or((20_000, 31_999));
+    free_addr_in(low, high)
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_addr() -> SocketAddr {
+    if let Some((low, high)) = test_ports() {
+        return free_addr_in(low, high);
+    }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap()
+}
+
+/// The ports the tests' servers must use, if `MIQAT_TEST_PORTS=LOW-HIGH` (inclusive) says
+/// so: for a machine where other programs own the rest. Unset, the tests pick their own.
+fn test_ports() -> Option<(u16, u16)> {
+    let text = std::env::var("MIQAT_TEST_PORTS").ok()?;
+    let parsed = text
+        .split_once('-')
+        .and_then(|(low, high)| Some((low.trim().parse().ok()?, high.trim().parse().ok()?)))
+        .filter(|(low, high): &(u16, u16)| low < high);
+    Some(parsed.unwrap_or_else(|| panic!("MIQAT_TEST_PORTS={text:?}: expected LOW-HIGH")))
+}
+
+/// A free port of `low..=high`, starting at a place spread by process id and walking on, so
+/// the tests of one run never take the same one.
+fn free_addr_in(low: u16, high: u16) -> SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let span = u32::from(high - low) + 1;
+    let base = (std::process::id() % span.div_ceil(2)) * 2;
+    for _ in 0..span {
+        let step = u32::from(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = low + ((base + step) % span) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+    panic!("no free port between {low} and {high}");
 }
 
 /// A `miqat serve` child process; killed (SIGKILL) when dropped.
@@ -424,6 +446,12 @@ impl Http {
             base: format!("http://{addr}"),
             timeout: Duration::from_secs(30),
         }
+    }
+
+    /// The same client, giving up on a request after `timeout` instead.
+    pub fn with_timeout(mut self, timeout: Duration) -> Http {
+        self.timeout = timeout;
+        self
     }
 
     /// Sends one request; `headers` are added as given.

@@ -156,7 +156,7 @@ pub struct ServeArgs {
     pub raft_heartbeat_ms: u64,
     /// Cluster mode: the shortest election timeout, in milliseconds (the longest is twice
     /// it): how long followers wait without a heartbeat before electing a new leader.
-    #[arg(long, env = "MIQAT_RAFT_ELECTION_MS", default_value_t = 1_000)]
+    #[arg(long, env = "MIQAT_RAFT_ELECTION_MS", default_value_t = 400)]
     pub raft_election_ms: u64,
     /// Cluster mode: take a snapshot after this many Raft entries since the last one.
     #[arg(long, env = "MIQAT_RAFT_SNAPSHOT_EVERY", default_value_t = 10_000)]

@@ -8,7 +8,8 @@
 --         first by id) whose capacity is raised to seat every called holder of its city; the
 --         plan sends each of them to their city's hot caravan, in a fixed shuffled order.
 
-TRUNCATE plan;
+TRUNCATE plan, reservations;
+UPDATE caravans SET taken = 0;
 UPDATE caravans c SET capacity = o.capacity FROM caravans_original o WHERE c.id = o.id;
 
 SELECT :'scenario' = 'hot' AS hot \gset

@@ -62,7 +62,7 @@ if [ -z "${MIQAT_BIN:-}" ]; then
     (cd "$root" && cargo build --release --quiet -p miqat --bin miqat)
 fi
 
-if [ -z "$work" ]; then work=$(mktemp -d /tmp/miqat-compare.XXXXXX); fi
+if [ -z "$work" ]; then work=$(mktemp -d -t miqat-compare.XXXXXX); fi
 mkdir -p "$work"
 chmod 755 "$work"
 echo "work folder: $work" >&2

@@ -3,6 +3,7 @@
 -- reservation per holder by a unique partial index, seats taken by a guarded UPDATE.
 -- Loaded by bench/compare/postgres.sh; psql variables: none.
 
+SET client_min_messages = warning;
 DROP TABLE IF EXISTS reservations, plan, caravans, holders, waves CASCADE;
 
 CREATE TABLE holders (

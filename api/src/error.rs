@@ -91,6 +91,8 @@ pub enum ApiError {
     /// Cluster mode: this operation is not replicated yet, so it is refused rather than made
     /// on one node only.
     NotReplicated(&'static str),
+    /// 409 (cluster mode): a membership change refused, with its code and why.
+    Membership(&'static str, String),
 }
 
 impl From<EngineError> for ApiError {
@@ -235,6 +237,10 @@ impl ApiError {
                     ),
                 );
                 StatusCode::NOT_IMPLEMENTED
+            }
+            ApiError::Membership(code, detail) => {
+                set(&mut p, "Membership change refused", code, detail);
+                StatusCode::CONFLICT
             }
             ApiError::OutcomeUnknown => {
                 set(
@@ -468,6 +474,11 @@ pub const ERROR_CODES: &[&str] = &[
     "not_leader",
     "outcome_unknown",
     "not_replicated",
+    "node_not_found",
+    "node_already_member",
+    "last_voter",
+    "learner_behind",
+    "membership_change_in_progress",
 ];
 
 #[cfg(test)]
@@ -541,11 +552,20 @@ mod tests {
             ApiError::NotReplicated("x"),
         ]);
         for code in [
+            "node_already_member",
+            "last_voter",
+            "learner_behind",
+            "membership_change_in_progress",
+        ] {
+            errors.push(ApiError::Membership(code, String::new()));
+        }
+        for code in [
             "not_found",
             "province_not_found",
             "not_waiting",
             "receipt_not_found",
             "holder_not_found",
+            "node_not_found",
         ] {
             errors.push(ApiError::NotFound(code, String::new()));
         }
@@ -567,6 +587,7 @@ mod tests {
                 | ApiError::NotLeader(_)
                 | ApiError::OutcomeUnknown
                 | ApiError::NotReplicated(_)
+                | ApiError::Membership(..)
                 | ApiError::Engine(..) => {}
             }
         }

@@ -17,6 +17,8 @@ use crate::support::{
     stable_free_addr, text,
 };
 
+mod membership;
+
 const NODES: usize = 3;
 
 /// Three nodes' processes and addresses.

@@ -10,7 +10,7 @@ use miqat_api::app;
 use miqat_api::server::serve;
 use miqat_engine::clock::SystemClock;
 use miqat_engine::{Engine, EngineConfig};
-use miqat_replication::node::{ClusterConfig, ClusterNode, operator_call};
+use miqat_replication::node::{ClusterConfig, ClusterNode, OperatorRequest, operator_call};
 
 use crate::serve::{Prepared, ServeArgs, prepare, shutdown_signal};
 
@@ -43,6 +43,46 @@ enum ClusterCommand {
         #[arg(long, env = "MIQAT_NODE")]
         node: String,
     },
+    /// Add a node (started with an empty data directory under a new id) as a learner: it
+    /// receives a snapshot and the log, and votes in nothing until it is promoted.
+    AddLearner {
+        #[command(flatten)]
+        leader: LeaderArgs,
+        /// The new node's `--node-id`; never the id of a node whose disk was lost.
+        #[arg(long)]
+        id: u64,
+        /// The new node's `--raft-listen` address, as the other nodes reach it.
+        #[arg(long)]
+        raft_addr: String,
+    },
+    /// Make a learner that has caught up a voter.
+    Promote {
+        #[command(flatten)]
+        leader: LeaderArgs,
+        /// The learner's id.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Take a node (voter or learner) out of the cluster, e.g. one whose disk died.
+    Remove {
+        #[command(flatten)]
+        leader: LeaderArgs,
+        /// The node's id.
+        #[arg(long)]
+        id: u64,
+    },
+}
+
+/// Where membership changes are sent: the leader's API, as an operator.
+#[derive(clap::Args, Debug)]
+struct LeaderArgs {
+    /// The leader's API address (`HOST:PORT` of its `--listen`): membership changes are
+    /// operator routes of the API (`/v1/admin/cluster/*`), made by the leader only.
+    #[arg(long, env = "MIQAT_NODE")]
+    node: String,
+    /// The operator's bearer token.
+    #[arg(long, env = "MIQAT_OPERATOR_TOKEN", hide_env_values = true)]
+    token: String,
 }
 
 /// Runs `miqat cluster ...`.
@@ -51,19 +91,122 @@ pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let (method, node, path) = match &args.command {
-        ClusterCommand::Init { node } => (hyper::Method::POST, node, "/cluster/init"),
-        ClusterCommand::Status { node } => (hyper::Method::GET, node, "/cluster/status"),
-        ClusterCommand::Digest { node } => (hyper::Method::GET, node, "/cluster/digest"),
+    let (request, leader) = match &args.command {
+        ClusterCommand::Init { node } => (
+            raft_request(node, hyper::Method::POST, "/cluster/init"),
+            None,
+        ),
+        ClusterCommand::Status { node } => (
+            raft_request(node, hyper::Method::GET, "/cluster/status"),
+            None,
+        ),
+        ClusterCommand::Digest { node } => (
+            raft_request(node, hyper::Method::GET, "/cluster/digest"),
+            None,
+        ),
+        ClusterCommand::AddLearner {
+            leader,
+            id,
+            raft_addr,
+        } => {
+            let body = serde_json::json!({ "node_id": id, "raft_addr": raft_addr });
+            (
+                leader.request(
+                    hyper::Method::POST,
+                    "/v1/admin/cluster/learners".into(),
+                    Some(body),
+                ),
+                Some(leader),
+            )
+        }
+        ClusterCommand::Promote { leader, id } => {
+            let body = serde_json::json!({ "node_id": id });
+            (
+                leader.request(
+                    hyper::Method::POST,
+                    "/v1/admin/cluster/voters".into(),
+                    Some(body),
+                ),
+                Some(leader),
+            )
+        }
+        ClusterCommand::Remove { leader, id } => (
+            leader.request(
+                hyper::Method::DELETE,
+                format!("/v1/admin/cluster/members/{id}"),
+                None,
+            ),
+            Some(leader),
+        ),
     };
-    let (status, body) = runtime
-        .block_on(operator_call(node, method, path))
+    let node = request.addr.clone();
+    let answer = runtime
+        .block_on(operator_call(OperatorRequest {
+            addr: &request.addr,
+            method: request.method,
+            path: &request.path,
+            bearer: request.bearer.as_deref(),
+            json: request.json,
+        }))
         .map_err(anyhow::Error::msg)?;
-    println!("{body}");
-    if !(200..300).contains(&status) {
-        bail!("{node} answered {status}");
+    if (200..300).contains(&answer.status) {
+        println!("{}", answer.body);
+        return Ok(());
     }
-    Ok(())
+    eprintln!("{}", answer.body);
+    if answer.status == 421 && leader.is_some() {
+        match answer.leader {
+            Some(hint) => bail!(
+                "{node} is not the leader: the leader is {hint}; run the command again with --node {hint}"
+            ),
+            None => bail!(
+                "{node} is not the leader and knows no leader yet (an election may be running): retry in a moment"
+            ),
+        }
+    }
+    let detail = serde_json::from_str::<serde_json::Value>(&answer.body)
+        .ok()
+        .and_then(|v| v["detail"].as_str().map(str::to_owned));
+    match detail {
+        Some(detail) => bail!("{node} answered {}: {detail}", answer.status),
+        None => bail!("{node} answered {}", answer.status),
+    }
+}
+
+/// A request the command makes, owned.
+struct Request {
+    addr: String,
+    method: hyper::Method,
+    path: String,
+    bearer: Option<String>,
+    json: Option<String>,
+}
+
+fn raft_request(node: &str, method: hyper::Method, path: &str) -> Request {
+    Request {
+        addr: node.to_owned(),
+        method,
+        path: path.to_owned(),
+        bearer: None,
+        json: None,
+    }
+}
+
+impl LeaderArgs {
+    fn request(
+        &self,
+        method: hyper::Method,
+        path: String,
+        body: Option<serde_json::Value>,
+    ) -> Request {
+        Request {
+            addr: self.node.clone(),
+            method,
+            path,
+            bearer: Some(self.token.clone()),
+            json: body.map(|b| b.to_string()),
+        }
+    }
 }
 
 /// `miqat serve --peers ...`: serves the API over a replicated engine until SIGTERM or

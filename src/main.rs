@@ -63,7 +63,8 @@ enum Command {
     /// Recover from the data directory and serve the HTTP API (see README); with `--peers`,
     /// as one node of a replicated cluster.
     Serve(Box<serve::ServeArgs>),
-    /// Operate a cluster: `init` makes it, `status` shows a node's view of it.
+    /// Operate a cluster: `init` makes it, `status` shows a node's view of it,
+    /// `add-learner`, `promote` and `remove` change its members.
     Cluster(cluster::ClusterArgs),
     /// The whole story on one machine: generate the data set, open a wave, rush it from many
     /// threads, let deadlines expire, crash, recover from the log, check every invariant, and

@@ -158,7 +158,9 @@ pub struct ServeArgs {
     /// it): how long followers wait without a heartbeat before electing a new leader.
     #[arg(long, env = "MIQAT_RAFT_ELECTION_MS", default_value_t = 400)]
     pub raft_election_ms: u64,
-    /// Cluster mode: take a snapshot after this many Raft entries since the last one.
+    /// Cluster mode: take a snapshot after this many Raft entries since the last one. After a
+    /// snapshot the log keeps this many entries before it (at most 1,000) for followers that
+    /// lag; a follower further behind, or a new node, receives the snapshot.
     #[arg(long, env = "MIQAT_RAFT_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub raft_snapshot_every: u64,
 }

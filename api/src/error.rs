@@ -88,6 +88,8 @@ pub enum ApiError {
     /// (leadership changed or a timeout while it was in flight); retry with the same
     /// `Idempotency-Key` to learn its outcome.
     OutcomeUnknown,
+    /// 409 (cluster mode): a membership change refused, with its code and why.
+    Membership(&'static str, String),
 }
 
 impl From<EngineError> for ApiError {
@@ -221,6 +223,10 @@ impl ApiError {
                     "this node does not take writes; send them to the node in the Miqat-Leader header",
                 );
                 StatusCode::MISDIRECTED_REQUEST
+            }
+            ApiError::Membership(code, detail) => {
+                set(&mut p, "Membership change refused", code, detail);
+                StatusCode::CONFLICT
             }
             ApiError::OutcomeUnknown => {
                 set(
@@ -453,6 +459,11 @@ pub const ERROR_CODES: &[&str] = &[
     "province_change_unsupported",
     "not_leader",
     "outcome_unknown",
+    "node_not_found",
+    "node_already_member",
+    "last_voter",
+    "learner_behind",
+    "membership_change_in_progress",
 ];
 
 #[cfg(test)]
@@ -525,11 +536,20 @@ mod tests {
             ApiError::OutcomeUnknown,
         ]);
         for code in [
+            "node_already_member",
+            "last_voter",
+            "learner_behind",
+            "membership_change_in_progress",
+        ] {
+            errors.push(ApiError::Membership(code, String::new()));
+        }
+        for code in [
             "not_found",
             "province_not_found",
             "not_waiting",
             "receipt_not_found",
             "holder_not_found",
+            "node_not_found",
         ] {
             errors.push(ApiError::NotFound(code, String::new()));
         }
@@ -550,6 +570,7 @@ mod tests {
                 | ApiError::Forbidden(_)
                 | ApiError::NotLeader(_)
                 | ApiError::OutcomeUnknown
+                | ApiError::Membership(..)
                 | ApiError::Engine(..) => {}
             }
         }

@@ -459,10 +459,13 @@ fn replayable(
     response
 }
 
-/// `GET /v1/reservations/{id}`: the holder's own reservation (credentials in headers).
+/// `GET /v1/reservations/{id}`: the holder's own reservation (credentials in headers). In
+/// cluster mode the read is linearizable on every node: it waits until this node has applied
+/// every write acknowledged before it (the leader's read index).
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "applicant",
     params(("id" = String, Path), ("X-National-Id" = String, Header), ("X-Tracking-Code" = String, Header)),
-    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 403, description = "`receipt_transferred`: the holder gave their receipt away", body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = Reservation), (status = 401, body = Problem), (status = 403, description = "`receipt_transferred`: the holder gave their receipt away", body = Problem), (status = 404, body = Problem),
+        (status = 421, description = "Cluster mode: `not_leader`, this node could not learn the leader's read index (no leader known or reachable); retry on the node in `Miqat-Leader`", body = Problem)))]
 pub async fn get_reservation(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -471,6 +474,16 @@ pub async fn get_reservation(
     let holder = header_credentials(&state, &headers)?;
     let id = reservation_id(&id)?;
     let engine = state.engine()?;
+    if let Some(cluster) = state.cluster() {
+        // Linearizable: everything acknowledged before this read is applied here first.
+        cluster
+            .read_barrier()
+            .await
+            .map_err(|refusal| match refusal {
+                crate::cluster::ClusterRefusal::NotLeader(leader) => ApiError::NotLeader(leader),
+                crate::cluster::ClusterRefusal::OutcomeUnknown => ApiError::NotLeader(None),
+            })?;
+    }
     let view = engine
         .reservation_of(holder, id)
         .ok_or(ApiError::Engine(EngineError::ReservationNotFound, None))?;
@@ -632,7 +645,7 @@ pub(crate) fn principal(state: &AppState, headers: &HeaderMap) -> Result<Arc<Pri
 }
 
 /// The principal of the request if it is an operator: `403 forbidden` for any other role.
-fn operator(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+pub(crate) fn operator(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
     let who = principal(state, headers)?;
     if who.is_operator() {
         Ok(who)

@@ -248,6 +248,15 @@ pub const ROUTES: &[RouteEntry] = &[
     route("/v1/admin/transfers", Surface::Admin, || {
         post(holders::transfer)
     }),
+    route("/v1/admin/cluster/learners", Surface::Admin, || {
+        post(cluster::add_learner)
+    }),
+    route("/v1/admin/cluster/voters", Surface::Admin, || {
+        post(cluster::promote)
+    }),
+    route("/v1/admin/cluster/members/{id}", Surface::Admin, || {
+        axum::routing::delete(cluster::remove)
+    }),
     route(
         "/v1/admin/holders/{national_id}/dispatch",
         Surface::Admin,
@@ -420,6 +429,9 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
             metrics::gauge!("miqat_wal_staged_bytes").set(wal.staged_bytes as f64);
             metrics::gauge!("miqat_wal_staged_bytes_limit").set(wal.staged_bytes_max as f64);
         }
+    }
+    if let Some(cluster) = state.cluster() {
+        cluster.record_metrics();
     }
     let mut body = state
         .inner

@@ -27,6 +27,7 @@ use crate::{dto, error, handlers};
         handlers::healthz, handlers::readyz, handlers::cluster_status, crate::metrics_text, serve,
         crate::ops::summary, crate::ops::page,
         crate::roster::roster, crate::holders::transfer, crate::holders::change_dispatch,
+        crate::cluster::add_learner, crate::cluster::promote, crate::cluster::remove,
     ),
     components(schemas(
         dto::ReserveRequest, dto::Credentials, dto::EventRequest, dto::Reservation, dto::Province,
@@ -36,7 +37,8 @@ use crate::{dto, error, handlers};
         crate::ops::NextWave,
         crate::roster::Roster, crate::roster::RosterEntry, crate::holders::TransferRequestBody,
         crate::holders::TransferReceiver, crate::holders::DispatchRequest,
-        crate::holders::HolderProfileDto,
+        crate::holders::HolderProfileDto, crate::cluster::AddLearnerBody,
+        crate::cluster::PromoteBody,
     )),
     modifiers(&BearerAuth),
 )]

@@ -145,6 +145,11 @@ const COUNTERS: &[(&str, Unit, &str)] = &[
         Unit::Count,
         "Waiting-list offers that ended, by outcome: accepted, lapsed (deadline passed) or declined.",
     ),
+    (
+        "miqat_raft_leader_changes_total",
+        Unit::Count,
+        "Cluster mode: times this node saw a new leader (elections that ended with a leader).",
+    ),
 ];
 
 /// `(name, unit, help)` of every gauge family.
@@ -210,6 +215,41 @@ const GAUGES: &[(&str, Unit, &str)] = &[
         Unit::Bytes,
         "Staged log bytes at most; past it decisions are refused with 503 overloaded.",
     ),
+    (
+        "miqat_raft_term",
+        Unit::Count,
+        "Cluster mode: this node's Raft term; it grows by one or more with each election.",
+    ),
+    (
+        "miqat_raft_is_leader",
+        Unit::Count,
+        "Cluster mode: 1 while this node is the leader (takes writes), else 0.",
+    ),
+    (
+        "miqat_raft_leader_known",
+        Unit::Count,
+        "Cluster mode: 1 while this node knows a leader, else 0 (an election is running or the node is cut off).",
+    ),
+    (
+        "miqat_raft_last_log_index",
+        Unit::Count,
+        "Cluster mode: the index of the last entry in this node's Raft log.",
+    ),
+    (
+        "miqat_raft_commit_index",
+        Unit::Count,
+        "Cluster mode, on the leader: the highest log index a majority of the voters holds on disk.",
+    ),
+    (
+        "miqat_raft_applied_index",
+        Unit::Count,
+        "Cluster mode: the index of the last entry this node applied to its state.",
+    ),
+    (
+        "miqat_raft_replication_lag_entries",
+        Unit::Count,
+        "Cluster mode, on the leader: entries of the leader's log a follower does not hold yet, by follower id (NaN once this node no longer replicates to it).",
+    ),
 ];
 
 /// `(name, unit, help)` of every histogram family.
@@ -233,6 +273,11 @@ const HISTOGRAMS: &[(&str, Unit, &str)] = &[
         "miqat_expiry_lateness_seconds",
         Unit::Seconds,
         "How long after its deadline a hold or offer was expired.",
+    ),
+    (
+        "miqat_raft_append_seconds",
+        Unit::Seconds,
+        "Cluster mode, on the leader: time from proposing a batch of writes to its commit on a majority and its apply here.",
     ),
 ];
 

@@ -12,12 +12,14 @@
 //!   snapshot payload.
 //! - [`network`]: peer RPCs over HTTP on the `--raft-listen` address.
 //! - [`node`]: one cluster member: the Raft instance, group commit, status.
+//! - [`membership`]: the operator's membership changes, the read barrier, the gauges.
 
 // openraft's traits return its own `StorageError` (over 200 bytes): not ours to shrink.
 #![allow(clippy::result_large_err)]
 
 pub mod codec;
 pub mod log_store;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod state_machine;

@@ -89,6 +89,20 @@ fn read_frame(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
     (crc32c::crc32c(payload) == crc).then_some((payload, start + len))
 }
 
+/// The offset of an intact frame holding an entry right after the damaged frame at `at`, when
+/// that frame's length can be read.
+fn intact_entry_after(buf: &[u8], at: usize) -> Option<usize> {
+    let header = buf.get(at..at + FRAME_HEADER_BYTES)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > FRAME_BYTES_MAX {
+        return None;
+    }
+    let next = at + FRAME_HEADER_BYTES + len;
+    let (payload, _) = read_frame(buf, next)?;
+    let mut r = Reader::new(payload);
+    r.entry().ok().map(|_| next)
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -131,8 +145,9 @@ fn invalid(what: &str, e: impl std::fmt::Display) -> std::io::Error {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`. A torn tail of the log file (a crash in the
-    /// middle of an append, never acknowledged) is cut off; anything else that does not
-    /// decode is refused.
+    /// middle of an append, never acknowledged) is cut off; a damaged frame followed by an
+    /// intact entry, or at an entry known committed, and anything else that does not decode,
+    /// is refused.
     pub fn open(dir: &Path) -> std::io::Result<(LogStore, OpenReport)> {
         std::fs::create_dir_all(dir)?;
         let purged = match read_small_file(dir, PURGED_FILE)? {
@@ -177,6 +192,28 @@ impl LogStore {
         let mut previous: Option<u64> = None;
         while at < buf.len() {
             let Some((payload, next)) = read_frame(&buf, at) else {
+                // Only a torn last append may be cut: damage before an intact entry, or at an
+                // entry known committed, lost acknowledged entries.
+                let expected = previous.map_or(1, |p| p + 1);
+                if let Some(intact) = intact_entry_after(&buf, at) {
+                    return Err(invalid(
+                        LOG_FILE,
+                        format!(
+                            "the frame at byte {at} (entry {expected}) is damaged and an intact entry follows at byte {intact}: \
+                             acknowledged entries are damaged; refusing to start (replace this node under a new id)"
+                        ),
+                    ));
+                }
+                if let Some(c) = committed.filter(|c| c.index >= expected) {
+                    return Err(invalid(
+                        LOG_FILE,
+                        format!(
+                            "the frame at byte {at} (entry {expected}) is damaged and entries up to {} were committed: \
+                             refusing to start (replace this node under a new id)",
+                            c.index
+                        ),
+                    ));
+                }
                 report.cut_at = Some(at as u64);
                 break;
             };

@@ -27,7 +27,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use miqat_api::cluster::{Cluster, ClusterRefusal, ClusterResult};
+use miqat_api::cluster::{
+    Cluster, ClusterRefusal, ClusterResult, MembershipChange, MembershipRefusal,
+};
 use miqat_engine::Engine;
 use miqat_engine::engine::WriteCommand;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -52,7 +54,10 @@ const QUEUE_MAX: usize = 65_536;
 pub const EXPIRY_TICK: Duration = Duration::from_millis(100);
 /// How long a write may wait for its entry to be applied before its outcome is reported
 /// unknown.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a node asks its peers for their API addresses once it knows them all.
+pub const PEER_ADDRESS_REFRESH: Duration = Duration::from_secs(2);
 
 /// How a node joins its cluster.
 #[derive(Debug, Clone)]
@@ -121,6 +126,10 @@ pub struct ClusterNode {
     expiry_in_flight: AtomicBool,
     /// The state machine Raft drives (a clone sharing its state), for the state digest.
     state_machine: StateMachine,
+    /// Peer RPCs of our own (the read index).
+    client: HttpClient,
+    /// The followers whose lag the gauges last reported (see [`ClusterNode::record_gauges`]).
+    pub(crate) lag_reported: Mutex<Vec<NodeId>>,
 }
 
 impl std::fmt::Debug for ClusterNode {
@@ -152,7 +161,8 @@ impl ClusterNode {
             election_timeout_min: config.election_timeout_ms.0,
             election_timeout_max: config.election_timeout_ms.1,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
-            max_in_snapshot_log_to_keep: 1_000,
+            // A follower further behind than what is kept receives the snapshot.
+            max_in_snapshot_log_to_keep: config.snapshot_every_entries.min(1_000),
             snapshot_max_chunk_size: 4 << 20,
             ..Config::default()
         }
@@ -179,6 +189,8 @@ impl ClusterNode {
             queue,
             expiry_in_flight: AtomicBool::new(false),
             state_machine: sm,
+            client: client.clone(),
+            lag_reported: Mutex::new(Vec::new()),
         });
         let listener = tokio::net::TcpListener::bind(config.raft_listen)
             .await
@@ -192,6 +204,7 @@ impl ClusterNode {
         tokio::spawn(Arc::clone(&node).propose_batches(proposals));
         tokio::spawn(Arc::clone(&node).learn_peer_addresses(client));
         tokio::spawn(Arc::clone(&node).expire_when_due());
+        tokio::spawn(Arc::clone(&node).count_leader_changes());
         Ok(node)
     }
 
@@ -206,6 +219,10 @@ impl ClusterNode {
             .route("/cluster/init", post(serve_init))
             .route("/cluster/status", get(serve_status))
             .route("/cluster/digest", get(serve_digest))
+            .route(
+                "/raft/read-index",
+                post(crate::membership::serve_read_index),
+            )
             .with_state(Arc::clone(self));
         peers
             .merge(operator)
@@ -241,13 +258,23 @@ impl ClusterNode {
         }
     }
 
-    fn is_leader(&self) -> bool {
+    /// The HTTP client for this node's own peer RPCs.
+    pub(crate) fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
-    fn leader_api(&self) -> Option<String> {
+    pub(crate) fn leader_api(&self) -> Option<String> {
         let leader = self.raft.metrics().borrow().current_leader?;
         self.peer_api.lock().get(&leader).cloned()
     }
@@ -297,8 +324,13 @@ impl ClusterNode {
             let raft = self.raft.clone();
             let leader_api = self.leader_api();
             tokio::spawn(async move {
+                let proposed = std::time::Instant::now();
                 let outcome = tokio::time::timeout(WRITE_TIMEOUT, raft.client_write(batch)).await;
                 drop(permit);
+                if let Ok(Ok(_)) = &outcome {
+                    metrics::histogram!("miqat_raft_append_seconds")
+                        .record(proposed.elapsed().as_secs_f64());
+                }
                 match outcome {
                     Ok(Ok(response)) => {
                         let answers = response.data.0;
@@ -336,12 +368,21 @@ impl ClusterNode {
         }
     }
 
-    /// Asks each peer for its API address until every one has answered, then now and then
-    /// (an address may change across a restart).
+    /// Asks each member (and each peer of `--peers`) for its API address, every half second
+    /// while one is unknown, else every [`PEER_ADDRESS_REFRESH`]: a node restarted on another
+    /// API address is named rightly in the `Miqat-Leader` hint within that time.
     async fn learn_peer_addresses(self: Arc<Self>, client: HttpClient) {
         loop {
+            let mut members: BTreeMap<NodeId, String> = self.peers.clone();
+            {
+                let metrics = self.raft.metrics();
+                let m = metrics.borrow();
+                for (id, node) in m.membership_config.membership().nodes() {
+                    members.insert(*id, node.addr.clone());
+                }
+            }
             let mut all_known = true;
-            for (id, addr) in &self.peers {
+            for (id, addr) in &members {
                 if *id == self.id {
                     continue;
                 }
@@ -356,8 +397,29 @@ impl ClusterNode {
                     Err(_) => all_known = false,
                 }
             }
-            let pause = if all_known { 10_000 } else { 500 };
-            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let pause = if all_known {
+                PEER_ADDRESS_REFRESH
+            } else {
+                Duration::from_millis(500)
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Counts the changes of leader this node sees (`miqat_raft_leader_changes_total`).
+    async fn count_leader_changes(self: Arc<Self>) {
+        metrics::counter!("miqat_raft_leader_changes_total").absolute(0);
+        let mut watch = self.raft.metrics();
+        let mut leader = watch.borrow().current_leader;
+        while watch.changed().await.is_ok() {
+            let now = watch.borrow().current_leader;
+            if now.is_some() && now != leader {
+                metrics::counter!("miqat_raft_leader_changes_total").increment(1);
+                tracing::info!(leader = ?now, "the cluster has a new leader");
+            }
+            if now.is_some() {
+                leader = now;
+            }
         }
     }
 
@@ -431,6 +493,7 @@ impl ClusterNode {
             "last_log_index": last_log_index,
             "applied_index": m.last_applied.map_or(0, |l| l.index),
             "snapshot_index": m.snapshot.map(|l| l.index),
+            "purged_index": m.purged.map(|l| l.index),
             "members": members,
             "followers": followers,
             "millis_since_quorum_ack": m.millis_since_quorum_ack,
@@ -452,6 +515,24 @@ impl Cluster for ClusterNode {
 
     fn status(&self) -> serde_json::Value {
         self.status_json()
+    }
+
+    fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, MembershipRefusal>> + Send + '_>>
+    {
+        Box::pin(self.change_members(change))
+    }
+
+    fn read_barrier(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ClusterRefusal>> + Send + '_>> {
+        Box::pin(self.read_index())
+    }
+
+    fn record_metrics(&self) {
+        self.record_gauges();
     }
 }
 
@@ -510,27 +591,70 @@ async fn serve_digest(State(node): State<Arc<ClusterNode>>) -> Response {
     .into_response()
 }
 
-/// Sends the operator's request `method path` to the node whose Raft address is `raft_addr`
-/// (`miqat cluster init|status`); returns the status code and body.
-pub async fn operator_call(
-    raft_addr: &str,
-    method: hyper::Method,
-    path: &str,
-) -> Result<(u16, String), String> {
+/// An operator's request to a node: `method path` on `addr` (a Raft address for `miqat
+/// cluster init|status`, an API address for the `/v1/admin/cluster/*` routes), with a bearer
+/// token and a JSON body when given.
+#[derive(Debug, Clone)]
+pub struct OperatorRequest<'a> {
+    /// `HOST:PORT`.
+    pub addr: &'a str,
+    /// The method.
+    pub method: hyper::Method,
+    /// The path.
+    pub path: &'a str,
+    /// The operator's token, if the route wants one.
+    pub bearer: Option<&'a str>,
+    /// A JSON body.
+    pub json: Option<String>,
+}
+
+/// A node's answer to an [`OperatorRequest`].
+#[derive(Debug, Clone)]
+pub struct OperatorAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The body, as text.
+    pub body: String,
+    /// The `Miqat-Leader` header, if any.
+    pub leader: Option<String>,
+}
+
+/// Sends an operator's request and returns the answer.
+pub async fn operator_call(request: OperatorRequest<'_>) -> Result<OperatorAnswer, String> {
     let client = http_client();
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(format!("http://{raft_addr}{path}"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
+    let addr = request.addr;
+    let mut builder = hyper::Request::builder()
+        .method(request.method)
+        .uri(format!("http://{addr}{}", request.path));
+    if let Some(token) = request.bearer {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    if request.json.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let body = bytes::Bytes::from(request.json.unwrap_or_default());
+    let http_request = builder
+        .body(http_body_util::Full::new(body))
         .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+    // A membership change waits for its commit, at most the write timeout.
+    let limit = WRITE_TIMEOUT + Duration::from_secs(5);
+    let response = tokio::time::timeout(limit, client.request(http_request))
         .await
-        .map_err(|_| format!("{raft_addr} did not answer within 10 s"))?
-        .map_err(|e| format!("{raft_addr}: {e}"))?;
+        .map_err(|_| format!("{addr} did not answer within {limit:?}"))?
+        .map_err(|e| format!("{addr}: {e}"))?;
     let status = response.status().as_u16();
+    let leader = response
+        .headers()
+        .get("miqat-leader")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = http_body_util::BodyExt::collect(response.into_body())
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok(OperatorAnswer {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        leader,
+    })
 }

@@ -37,6 +37,10 @@ struct Shared {
     /// Held while a batch is applied and while a snapshot is taken, so a snapshot's image
     /// is exactly the state at its `last_applied`.
     meta: Mutex<Meta>,
+    /// Held while the snapshot file is written (taken before `meta`, never after): a built
+    /// snapshot is written outside `meta`, so applying goes on meanwhile, and an older one
+    /// never replaces a newer one.
+    snapshot_file: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -89,6 +93,7 @@ impl StateMachine {
                 engine,
                 dir: dir.to_path_buf(),
                 meta: Mutex::new(meta),
+                snapshot_file: Mutex::new(()),
             }),
         })
     }
@@ -116,7 +121,9 @@ impl StateMachine {
 }
 
 impl Shared {
-    fn keep_snapshot(&self, meta: &mut Meta, snapshot: StoredSnapshot) -> Result<(), StorageError> {
+    /// Writes `snapshot` to the snapshot file (replaced atomically, synced); the caller
+    /// holds `snapshot_file`.
+    fn write_snapshot(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
         let mut w = Writer::default();
         w.snapshot_meta(&snapshot.meta);
         w.raw(&snapshot.data);
@@ -126,34 +133,49 @@ impl Shared {
                 ErrorVerb::Write,
                 e,
             )
-        })?;
-        meta.snapshot = Some(snapshot);
-        Ok(())
+        })
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let shared = &self.shared;
-        let mut meta = shared.meta.lock();
-        let image = shared.engine.state_image();
-        meta.snapshots_built += 1;
-        let snapshot_id = match meta.last_applied {
-            Some(id) => format!(
-                "{}-{}-{}-{}",
-                id.leader_id.term, id.leader_id.node_id, id.index, meta.snapshots_built
-            ),
-            None => format!("empty-{}", meta.snapshots_built),
-        };
-        let stored = StoredSnapshot {
-            meta: SnapshotMeta {
+        // Only the image is taken under `meta` (it must be the state at `last_applied`);
+        // framing it and writing and syncing the file happen while entries go on applying.
+        let (image, time_floor_ms, snapshot_meta) = {
+            let mut meta = shared.meta.lock();
+            let image = shared.engine.state_image();
+            meta.snapshots_built += 1;
+            let snapshot_id = match meta.last_applied {
+                Some(id) => format!(
+                    "{}-{}-{}-{}",
+                    id.leader_id.term, id.leader_id.node_id, id.index, meta.snapshots_built
+                ),
+                None => format!("empty-{}", meta.snapshots_built),
+            };
+            let snapshot_meta = SnapshotMeta {
                 last_log_id: meta.last_applied,
                 last_membership: meta.membership.clone(),
                 snapshot_id,
-            },
-            data: snapshot_data(meta.time_floor_ms, &image),
+            };
+            (image, meta.time_floor_ms, snapshot_meta)
         };
-        shared.keep_snapshot(&mut meta, stored.clone())?;
+        let stored = StoredSnapshot {
+            meta: snapshot_meta,
+            data: snapshot_data(time_floor_ms, &image),
+        };
+        drop(image);
+        let _writing = shared.snapshot_file.lock();
+        let kept_is_newer = shared
+            .meta
+            .lock()
+            .snapshot
+            .as_ref()
+            .is_some_and(|kept| kept.meta.last_log_id > stored.meta.last_log_id);
+        if !kept_is_newer {
+            shared.write_snapshot(&stored)?;
+            shared.meta.lock().snapshot = Some(stored.clone());
+        }
         Ok(Snapshot {
             meta: stored.meta,
             snapshot: Box::new(Cursor::new(stored.data)),
@@ -222,6 +244,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let time_floor_ms = r
             .time_ms()
             .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
+        let _writing = shared.snapshot_file.lock();
         let mut meta = shared.meta.lock();
         shared
             .engine
@@ -234,7 +257,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: snapshot_meta.clone(),
             data,
         };
-        shared.keep_snapshot(&mut meta, stored)
+        shared.write_snapshot(&stored)?;
+        meta.snapshot = Some(stored);
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

@@ -106,7 +106,7 @@ async fn the_log_reopens_with_its_entries_vote_and_purge_point_and_cuts_a_torn_t
 }
 
 #[tokio::test]
-async fn a_damaged_frame_in_the_middle_is_cut_with_everything_after_it() {
+async fn a_damaged_last_frame_is_cut() {
     let data = Data::new();
     let dir = tempfile::tempdir().unwrap();
     let batch = CommandBatch {
@@ -258,5 +258,45 @@ async fn an_expiry_entry_expires_the_same_holds_on_every_replica_once() {
     assert_eq!(
         replicas[0].engine().state_image(),
         replicas[1].engine().state_image()
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_frame_before_intact_entries_refuses_the_start_and_cuts_nothing() {
+    let data = Data::new();
+    let dir = tempfile::tempdir().unwrap();
+    let batch = CommandBatch {
+        now_ms: data.opening_ms(),
+        commands: vec![(data.reserve(1, b""), 1)],
+    };
+    {
+        let (mut log, _) = LogStore::open(dir.path()).unwrap();
+        append(
+            &mut log,
+            (1..=3).map(|i| entry(1, i, batch.clone())).collect(),
+        )
+        .await;
+    }
+    let path = dir.path().join("raft-log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The first frame's last payload byte: entries 2 and 3 after it are intact.
+    let (_, report) = LogStore::open(dir.path()).unwrap();
+    assert_eq!(report.entries, 3);
+    let frames = bytes.len() - 8; // the file's magic is 8 bytes
+    let first_frame_end = 8 + frames / 3;
+    bytes[first_frame_end - 1] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let refused = match LogStore::open(dir.path()) {
+        Ok(_) => panic!("a log damaged before intact entries was opened"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        refused.contains("entry 1") && refused.contains("damaged"),
+        "{refused}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "nothing was cut from the log"
     );
 }

@@ -18,6 +18,7 @@ use crate::support::{
 };
 
 mod failover;
+mod membership;
 
 const NODES: usize = 3;
 

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::support::{DataSet, Http, OPERATOR_TOKEN, Server, ServerOptions, reserve_body, text};
 
 /// The repository's root (the `miqat` package's folder).
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -92,7 +92,7 @@ async fn scene(name: &str, reservations: usize) -> Scene {
 }
 
 /// Families declared by `# TYPE` lines, with their type; panics on a family without HELP.
-fn families(exposition: &str) -> BTreeMap<String, String> {
+pub(crate) fn families(exposition: &str) -> BTreeMap<String, String> {
     let helped: BTreeSet<&str> = exposition
         .lines()
         .filter_map(|l| l.strip_prefix("# HELP "))
@@ -114,7 +114,7 @@ fn families(exposition: &str) -> BTreeMap<String, String> {
 }
 
 /// Every metric name (`miqat_*`, `process_*`) written in `text`.
-fn names_used(text: &str) -> BTreeSet<String> {
+pub(crate) fn names_used(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for prefix in ["miqat_", "process_"] {
         let mut rest = text;
@@ -138,7 +138,7 @@ fn names_used(text: &str) -> BTreeSet<String> {
 
 /// Whether `name` is a series of one of `families` (a histogram's `_bucket`, `_sum` and
 /// `_count` included).
-fn is_exported(name: &str, families: &BTreeMap<String, String>) -> bool {
+pub(crate) fn is_exported(name: &str, families: &BTreeMap<String, String>) -> bool {
     if families.contains_key(name) {
         return true;
     }
@@ -301,6 +301,20 @@ async fn promtool_accepts_the_scrape_the_rules_and_the_rules_tests() {
     run_tool(
         "promtool",
         &["test", "rules", "miqat-alerts.test.yml"],
+        None,
+        &deploy,
+    );
+    // The cluster's rules (their metrics are checked against a cluster node's scrape in
+    // the cluster tests).
+    run_tool(
+        "promtool",
+        &["check", "rules", "miqat-cluster-alerts.yml"],
+        None,
+        &deploy,
+    );
+    run_tool(
+        "promtool",
+        &["test", "rules", "miqat-cluster-alerts.test.yml"],
         None,
         &deploy,
     );

@@ -131,6 +131,8 @@ pub fn check_target(target: &str) -> anyhow::Result<()> {
 /// If `error` failed on TLS (a certificate the client does not trust, a handshake the server
 /// refused), a sentence saying so and what to do; `None` for other failures.
 pub fn tls_failure(error: &anyhow::Error) -> Option<String> {
+    const UNTRUSTED_HINT: &str = "; pass --ca-file PEM with the CA that signed the server's \
+         certificate (or, for a self-signed test setup only, --insecure-skip-verify)";
     for cause in error.chain() {
         let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
             cause
@@ -140,13 +142,19 @@ pub fn tls_failure(error: &anyhow::Error) -> Option<String> {
         });
         if let Some(tls) = tls {
             let hint = match tls {
-                rustls::Error::InvalidCertificate(_) => {
-                    "; pass --ca-file PEM with the CA that signed the server's certificate \
-                     (or, for a self-signed test setup only, --insecure-skip-verify)"
-                }
+                rustls::Error::InvalidCertificate(_) => UNTRUSTED_HINT,
                 _ => "",
             };
             return Some(format!("TLS handshake failed: {tls}{hint}"));
+        }
+        // The connector's error may reach here boxed in a way that hides its type; its
+        // words are rustls's own.
+        let words = cause.to_string();
+        if words.starts_with("invalid peer certificate") {
+            return Some(format!("TLS handshake failed: {words}{UNTRUSTED_HINT}"));
+        }
+        if words.starts_with("received fatal alert") || words.contains("InvalidContentType") {
+            return Some(format!("TLS handshake failed: {words}"));
         }
     }
     None

@@ -24,6 +24,8 @@ struct Cluster<'a> {
     data: &'a DataSet,
     root: &'a Path,
     raft: Vec<SocketAddr>,
+    /// Each node's API address, kept across restarts (clients are given the list).
+    api: Vec<SocketAddr>,
     peers: String,
     nodes: Vec<Option<Server>>,
     starts: usize,
@@ -42,6 +44,7 @@ impl<'a> Cluster<'a> {
             data,
             root,
             raft,
+            api: (0..NODES).map(|_| stable_free_addr()).collect(),
             peers,
             nodes: (0..NODES).map(|_| None).collect(),
             starts: 0,
@@ -56,7 +59,8 @@ impl<'a> Cluster<'a> {
     fn start(&mut self, i: usize) {
         self.starts += 1;
         let data_dir = self.root.join(format!("node{}", i + 1));
-        let server = Server::spawn(&ServerOptions {
+        let server = Server::spawn_at(
+            &ServerOptions {
             catalog: self.data.path(),
             data_dir: &data_dir,
             log_dir: self.root,
@@ -72,7 +76,10 @@ impl<'a> Cluster<'a> {
                 "--raft-election-ms".into(),
                 "700".into(),
             ],
-        });
+            },
+            self.api[i],
+            &[],
+        );
         let started = Instant::now();
         while raw_get_status(server.addr, "/healthz") != Some(200) {
             assert!(

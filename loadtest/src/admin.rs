@@ -202,14 +202,14 @@ impl Admin {
             match result {
                 Ok((raw, leader)) if raw.status == 421 => {
                     let named = leader.and_then(|l| {
-                        self.nodes.iter().position(|b| {
-                            b.split_once("://").is_some_and(|(_, a)| a == l.trim())
-                        })
+                        self.nodes
+                            .iter()
+                            .position(|b| b.split_once("://").is_some_and(|(_, a)| a == l.trim()))
                     });
                     match named {
-                        Some(n) if n != node => self
-                            .current
-                            .store(n, std::sync::atomic::Ordering::Relaxed),
+                        Some(n) if n != node => {
+                            self.current.store(n, std::sync::atomic::Ordering::Relaxed)
+                        }
                         _ => {
                             self.next_node();
                             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -36,8 +36,7 @@ pub async fn check_cluster(
     let agreement = agree(targets, &nodes).await;
     for (target, node) in targets.iter().zip(&nodes) {
         let label = format!("after the run, node {target}");
-        let report = match check_state(node, &label, input, &acknowledged, 0, Vec::new()).await
-        {
+        let report = match check_state(node, &label, input, &acknowledged, 0, Vec::new()).await {
             Ok(report) => report,
             Err(e) => unreadable(label, &e),
         };
@@ -106,7 +105,11 @@ fn by_id(rows: &[ExportedReservation]) -> BTreeMap<String, Row> {
         .map(|r| {
             (
                 r.id.clone(),
-                (r.national_id.clone(), r.caravan_id.clone(), r.status.clone()),
+                (
+                    r.national_id.clone(),
+                    r.caravan_id.clone(),
+                    r.status.clone(),
+                ),
             )
         })
         .collect()

@@ -6,8 +6,8 @@ use std::fmt::{self, Write as _};
 
 use crate::server_metrics::ServerSample;
 use crate::summary::{
-    BaselineReport, CheckReport, ClusterReport, EndpointSummary, PercentilePoint, Percentiles, SCHEMA_VERSION,
-    SeatsTimeline, SellOut, SloResult, Summary, TimelinePoint,
+    BaselineReport, CheckReport, ClusterReport, EndpointSummary, PercentilePoint, Percentiles,
+    SCHEMA_VERSION, SeatsTimeline, SellOut, SloResult, Summary, TimelinePoint,
 };
 use crate::verdict::Status;
 

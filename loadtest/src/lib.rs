@@ -13,8 +13,8 @@
 pub mod admin;
 pub mod baseline;
 pub mod check;
-pub mod cluster_check;
 pub mod client;
+pub mod cluster_check;
 pub mod dataset;
 pub mod follow;
 pub mod html;

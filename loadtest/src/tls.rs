@@ -85,7 +85,10 @@ impl ClientTls {
                 format!("--ca-file {}: not a PEM certificate file", path.display())
             })?;
             roots.add(cert).with_context(|| {
-                format!("--ca-file {}: a certificate is not a usable CA", path.display())
+                format!(
+                    "--ca-file {}: a certificate is not a usable CA",
+                    path.display()
+                )
             })?;
             added += 1;
         }

@@ -327,4 +327,3 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         bail!("the run {}", verdicts.headline())
     }
 }
-

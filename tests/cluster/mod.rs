@@ -61,21 +61,21 @@ impl<'a> Cluster<'a> {
         let data_dir = self.root.join(format!("node{}", i + 1));
         let server = Server::spawn_at(
             &ServerOptions {
-            catalog: self.data.path(),
-            data_dir: &data_dir,
-            log_dir: self.root,
-            name: &format!("node{}-start{}", i + 1, self.starts),
-            extra_args: vec![
-                "--node-id".into(),
-                (i + 1).to_string(),
-                "--raft-listen".into(),
-                self.raft[i].to_string(),
-                "--peers".into(),
-                self.peers.clone(),
-                // Generous for a busy 2-core machine: a stalled process must not look dead.
-                "--raft-election-ms".into(),
-                "700".into(),
-            ],
+                catalog: self.data.path(),
+                data_dir: &data_dir,
+                log_dir: self.root,
+                name: &format!("node{}-start{}", i + 1, self.starts),
+                extra_args: vec![
+                    "--node-id".into(),
+                    (i + 1).to_string(),
+                    "--raft-listen".into(),
+                    self.raft[i].to_string(),
+                    "--peers".into(),
+                    self.peers.clone(),
+                    // Generous for a busy 2-core machine: a stalled process must not look dead.
+                    "--raft-election-ms".into(),
+                    "700".into(),
+                ],
             },
             self.api[i],
             &[],
@@ -436,7 +436,8 @@ async fn the_load_tester_follows_the_cluster_through_a_leader_kill_and_loses_no_
         assert!(check["live"].as_u64().unwrap() <= 600, "{check}");
     }
     assert_eq!(
-        summary["verdict"]["correctness"]["status"], "passed",
+        summary["verdict"]["correctness"]["status"],
+        "passed",
         "{}",
         text(&finished.stdout)
     );

@@ -131,22 +131,18 @@ async fn loadtest_reaches_an_https_target_with_its_ca_and_refuses_it_without() {
         let out = root.path().join("accepted");
         let target = target.clone();
         let ca = ca_file.to_str().unwrap().to_owned();
-        tokio::task::spawn_blocking(move || {
-            loadtest(&catalog, &target, &out, &["--ca-file", &ca])
-        })
-        .await
-        .unwrap()
+        tokio::task::spawn_blocking(move || loadtest(&catalog, &target, &out, &["--ca-file", &ca]))
+            .await
+            .unwrap()
     };
     let summary: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.path().join("accepted/summary.json")).unwrap_or_else(
-            |e| {
-                panic!(
-                    "no summary ({e}); stderr:\n{}\nserver:\n{}",
-                    text(&accepted.stderr),
-                    server.stderr()
-                )
-            },
-        ),
+        &std::fs::read_to_string(root.path().join("accepted/summary.json")).unwrap_or_else(|e| {
+            panic!(
+                "no summary ({e}); stderr:\n{}\nserver:\n{}",
+                text(&accepted.stderr),
+                server.stderr()
+            )
+        }),
     )
     .unwrap();
     let reserve = summary["endpoints"]

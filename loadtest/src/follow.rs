@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn targets_split_on_commas_and_each_must_be_a_url() {
         assert_eq!(
-            parse_targets("http://a:1, https://b:2/").unwrap(),
+            parse_targets("http://a:1, https://b:2/").expect("two targets"),
             vec!["http://a:1".to_owned(), "https://b:2".to_owned()]
         );
         assert!(parse_targets("http://a:1,ftp://b:2").is_err());

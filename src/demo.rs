@@ -28,6 +28,8 @@ use miqat_loadtest::run::RunOptions;
 use miqat_loadtest::verdict::ServiceLimits;
 use miqat_loadtest::{Extras, add_check, apply_settings, dataset, plan};
 
+mod cluster;
+
 /// Options of `miqat demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -65,6 +67,14 @@ pub struct DemoArgs {
     /// No live view.
     #[arg(long)]
     quiet: bool,
+    /// Three nodes of a cluster instead of one in-process server: child processes, the
+    /// leader SIGKILLed mid-rush and restarted, every node checked after the run.
+    #[arg(long)]
+    cluster: bool,
+    /// With `--cluster`: the nodes' six ports (three APIs, three Raft) from this one on
+    /// (default: free ports the system chooses).
+    #[arg(long, requires = "cluster")]
+    ports_from: Option<u16>,
 }
 
 /// Deadlines short enough to expire during the demo, long enough for the planned operator
@@ -82,6 +92,9 @@ const OPENS_IN: Duration = Duration::from_secs(3);
 
 /// Runs the demo; an error (non-zero exit) if any invariant fails.
 pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    if args.cluster {
+        return cluster::run(args);
+    }
     let dir = args
         .dir
         .clone()

@@ -228,3 +228,4 @@ mod hardening;
 mod ops;
 mod server;
 mod support;
+mod tls;

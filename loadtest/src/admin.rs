@@ -8,9 +8,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
+
+use crate::tls::{ClientTls, Connector, tls_failure};
 
 /// A wave as `GET /v1/waves` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,10 +121,16 @@ impl ExportedReservation {
 /// A small client for unmeasured calls.
 #[derive(Clone)]
 pub struct Admin {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     base: String,
     authorization: Option<String>,
+    /// The nodes of `base` (one, or a cluster's) and the one last found taking writes.
+    nodes: std::sync::Arc<Vec<String>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Sends of one admin request at most while following a cluster's leader.
+const ADMIN_SENDS_MAX: usize = 8;
 
 /// A raw answer.
 pub struct Raw {
@@ -138,11 +145,33 @@ pub struct Raw {
 impl Admin {
     /// A client of `base`, with the operator's token if any.
     pub fn new(base: &str, token: Option<&str>) -> Admin {
+        Admin::with_tls(base, token, &ClientTls::default())
+    }
+
+    /// [`Admin::new`] for `http://` or `https://`, with these TLS settings.
+    /// `base` may list a cluster's nodes, comma-separated: requests then follow
+    /// `421 not_leader` to the leader and pass over nodes that do not answer.
+    pub fn with_tls(base: &str, token: Option<&str>, tls: &ClientTls) -> Admin {
+        let nodes: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
         Admin {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(tls.connector()),
             base: base.trim_end_matches('/').to_owned(),
             authorization: token.map(|t| format!("Bearer {t}")),
+            nodes: std::sync::Arc::new(nodes),
+            current: std::sync::Arc::default(),
         }
+    }
+
+    /// Moves on to the next node of a cluster.
+    fn next_node(&self) {
+        let n = self.nodes.len().max(1);
+        let current = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        self.current
+            .store((current + 1) % n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether the operator's token was given.
@@ -150,7 +179,7 @@ impl Admin {
         self.authorization.is_some()
     }
 
-    /// Sends one request (30 s timeout).
+    /// Sends one request (30 s timeout), following a cluster's leader if `base` lists nodes.
     pub async fn send(
         &self,
         method: Method,
@@ -158,9 +187,57 @@ impl Admin {
         headers: &[(&str, &str)],
         body: Option<Bytes>,
     ) -> anyhow::Result<Raw> {
+        let clustered = self.nodes.len() > 1;
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            let node = self.current.load(std::sync::atomic::Ordering::Relaxed);
+            let base = self.nodes.get(node).unwrap_or(&self.base);
+            let result = self
+                .send_to(base, method.clone(), path, headers, body.clone())
+                .await;
+            if !clustered || sends >= ADMIN_SENDS_MAX {
+                return result.map(|(raw, _)| raw);
+            }
+            match result {
+                Ok((raw, leader)) if raw.status == 421 => {
+                    let named = leader.and_then(|l| {
+                        self.nodes
+                            .iter()
+                            .position(|b| b.split_once("://").is_some_and(|(_, a)| a == l.trim()))
+                    });
+                    match named {
+                        Some(n) if n != node => {
+                            self.current.store(n, std::sync::atomic::Ordering::Relaxed)
+                        }
+                        _ => {
+                            self.next_node();
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                Ok((raw, _)) => return Ok(raw),
+                Err(e) if tls_failure(&e).is_some() => return Err(e),
+                Err(_) => {
+                    self.next_node();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// One exchange with the node at `base`; the answer and its `Miqat-Leader` header.
+    async fn send_to(
+        &self,
+        base: &str,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> anyhow::Result<(Raw, Option<String>)> {
         let mut request = Request::builder()
             .method(method.clone())
-            .uri(format!("{}{path}", self.base));
+            .uri(format!("{base}{path}"));
         if let Some(auth) = &self.authorization {
             request = request.header("authorization", auth.as_str());
         }
@@ -174,23 +251,31 @@ impl Admin {
         let exchange = async {
             let response = self.client.request(request).await?;
             let status = response.status().as_u16();
-            let retry_after_s = response
-                .headers()
-                .get(hyper::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let retry_after_s = header("retry-after")
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|s| s.is_finite() && *s >= 0.0);
+            let leader = header("miqat-leader");
             let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok(Raw {
-                status,
-                retry_after_s,
-                body,
-            })
+            anyhow::Ok((
+                Raw {
+                    status,
+                    retry_after_s,
+                    body,
+                },
+                leader,
+            ))
         };
         tokio::time::timeout(Duration::from_secs(30), exchange)
             .await
             .with_context(|| format!("{method} {path}: no answer within 30 s"))?
-            .with_context(|| format!("{method} {path} to {}", self.base))
+            .with_context(|| format!("{method} {path} to {base}"))
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
@@ -205,12 +290,21 @@ impl Admin {
         serde_json::from_slice(&raw.body).with_context(|| format!("GET {path}: unexpected body"))
     }
 
-    /// Waits until `GET /readyz` answers 200, at most `limit`.
+    /// Waits until `GET /readyz` answers 200, at most `limit`; a TLS failure ends the wait
+    /// at once (waiting does not make an untrusted certificate trusted).
     pub async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
         let until = std::time::Instant::now() + limit;
         loop {
             match self.send(Method::GET, "/readyz", &[], None).await {
                 Ok(raw) if raw.status == 200 => return Ok(()),
+                Err(e) if tls_failure(&e).is_some() => {
+                    bail!("{}: {}", self.base, tls_failure(&e).unwrap_or_default())
+                }
+                // A cluster's followers are not ready (only the leader takes writes).
+                Ok(_) if self.nodes.len() > 1 && std::time::Instant::now() <= until => {
+                    self.next_node();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 _ if std::time::Instant::now() > until => {
                     bail!("{} was not ready within {limit:?}", self.base)
                 }

@@ -42,6 +42,16 @@ pub async fn check(
     label: &str,
     input: &CheckInput<'_>,
 ) -> anyhow::Result<CheckReport> {
+    Ok(check_resolving(admin, label, input).await?.0)
+}
+
+/// [`check`], also returning the acknowledged reservations with those its resends added (a
+/// cluster's other nodes are checked against them).
+pub async fn check_resolving(
+    admin: &Admin,
+    label: &str,
+    input: &CheckInput<'_>,
+) -> anyhow::Result<(CheckReport, Vec<Acknowledged>)> {
     if !admin.is_operator() {
         anyhow::bail!("the after-run check needs the operator token (--operator-token)");
     }
@@ -49,6 +59,23 @@ pub async fn check(
     let mut acknowledged: Vec<Acknowledged> = input.recorded.acknowledged.clone();
     let resolved =
         resolve_unanswered(admin, input.recorded, &mut acknowledged, &mut violations).await?;
+    let report = check_state(admin, label, input, &acknowledged, resolved, violations).await?;
+    Ok((report, acknowledged))
+}
+
+/// Checks the state `admin` reads against `acknowledged`, resending nothing; `resolved` and
+/// `violations` are carried from the resends before.
+pub async fn check_state(
+    admin: &Admin,
+    label: &str,
+    input: &CheckInput<'_>,
+    acknowledged: &[Acknowledged],
+    resolved: u64,
+    mut violations: Vec<String>,
+) -> anyhow::Result<CheckReport> {
+    if !admin.is_operator() {
+        anyhow::bail!("the after-run check needs the operator token (--operator-token)");
+    }
     let before = caravan_counters(admin).await?;
     let export = admin.export().await?;
     let after = caravan_counters(admin).await?;
@@ -56,7 +83,7 @@ pub async fn check(
 
     check_capacity(&export, input, &before, &after, &mut violations);
     check_one_live_per_holder(&export, &mut violations);
-    check_acknowledged(&export, &acknowledged, &mut violations);
+    check_acknowledged(&export, acknowledged, &mut violations);
     if let Some(holders) = input.holders {
         let waves = admin.waves().await?;
         check_schedule(&export, &waves, holders, input.since_ms, &mut violations)?;

@@ -9,13 +9,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
+use crate::follow::{Targets, parse_targets};
 use crate::outcome::{Endpoint, Outcome};
 use crate::recorder::{Recorder, RequestRecord};
+use crate::tls::{ClientTls, Connector};
 
 /// A problem+json body, the members clients branch on.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -53,6 +54,8 @@ pub struct Answer {
     pub body: Bytes,
     /// The outcome class it was recorded as.
     pub outcome: Outcome,
+    /// `Miqat-Leader` (a cluster's follower names the leader's API address).
+    pub leader: Option<String>,
 }
 
 impl Answer {
@@ -91,11 +94,13 @@ pub struct Call<'a> {
 
 /// The run's client; cheap to share behind an `Arc`.
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
     base: String,
     permits: Semaphore,
     timeout: Duration,
     recorder: Arc<Recorder>,
+    /// Two or more targets: the cluster the client follows.
+    cluster: Option<Arc<Targets>>,
 }
 
 impl Http {
@@ -106,26 +111,41 @@ impl Http {
         timeout: Duration,
         recorder: Arc<Recorder>,
     ) -> anyhow::Result<Http> {
-        let base = base.trim_end_matches('/').to_owned();
-        let uri: hyper::Uri = base
-            .parse()
-            .map_err(|e| anyhow::anyhow!("target {base:?} is not a URL: {e}"))?;
-        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-            anyhow::bail!("target {base:?} must be http://host:port");
-        }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        Http::with_tls(base, connections, timeout, recorder, &ClientTls::default())
+    }
+
+    /// [`Http::new`] for `http://` or `https://host:port`, with these TLS settings; a
+    /// comma-separated list of targets is a cluster to follow ([`crate::follow`]).
+    pub fn with_tls(
+        base: &str,
+        connections: usize,
+        timeout: Duration,
+        recorder: Arc<Recorder>,
+        tls: &ClientTls,
+    ) -> anyhow::Result<Http> {
+        let mut targets = parse_targets(base)?;
+        let base = targets.remove(0);
+        let cluster = (!targets.is_empty()).then(|| {
+            targets.insert(0, base.clone());
+            Arc::new(Targets::new(targets))
+        });
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(connections)
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(tls.connector());
         Ok(Http {
             client,
             base,
             permits: Semaphore::new(connections.max(1)),
             timeout,
             recorder,
+            cluster,
         })
+    }
+
+    /// The cluster this client follows, if it was given several targets.
+    pub fn cluster(&self) -> Option<&Arc<Targets>> {
+        self.cluster.as_ref()
     }
 
     /// The recorder requests go to.
@@ -144,6 +164,9 @@ impl Http {
         // hold their state machine; boxing keeps a waiting journey small.
         let result = Box::pin(self.send(&call, &connected)).await;
         let done = Instant::now();
+        if let Some(cluster) = &self.cluster {
+            cluster.settle(&call.method, &result);
+        }
         let (outcome, answer) = match &result {
             Ok(a) => (a.outcome, Some((a.status, a.code()))),
             Err(NoAnswer::Timeout) => (Outcome::Timeout, None),
@@ -174,7 +197,10 @@ impl Http {
                 .await
                 .map_err(|_| NoAnswer::Transport)?;
             *connected.lock() = Some(Instant::now());
-            self.exchange(call).await
+            match &self.cluster {
+                Some(cluster) => cluster.exchange(self, call).await,
+                None => self.exchange_at(&self.base, call).await,
+            }
         };
         match tokio::time::timeout_at(deadline.into(), work).await {
             Ok(result) => result,
@@ -182,10 +208,15 @@ impl Http {
         }
     }
 
-    async fn exchange(&self, call: &Call<'_>) -> Result<Answer, NoAnswer> {
+    /// One exchange of `call` with the server at `base`.
+    pub(crate) async fn exchange_at(
+        &self,
+        base: &str,
+        call: &Call<'_>,
+    ) -> Result<Answer, NoAnswer> {
         let mut request = Request::builder()
             .method(call.method.clone())
-            .uri(format!("{}{}", self.base, call.path));
+            .uri(format!("{base}{}", call.path));
         if call.body.is_some() {
             request = request.header("content-type", "application/json");
         }
@@ -214,6 +245,7 @@ impl Http {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0);
         let etag = header(hyper::header::ETAG);
+        let leader = header(hyper::header::HeaderName::from_static("miqat-leader"));
         let body = response
             .into_body()
             .collect()
@@ -237,6 +269,7 @@ impl Http {
             etag,
             body,
             outcome,
+            leader,
         })
     }
 }

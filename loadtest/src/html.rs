@@ -6,8 +6,8 @@ use std::fmt::{self, Write as _};
 
 use crate::server_metrics::ServerSample;
 use crate::summary::{
-    BaselineReport, CheckReport, EndpointSummary, PercentilePoint, Percentiles, SCHEMA_VERSION,
-    SeatsTimeline, SellOut, SloResult, Summary, TimelinePoint,
+    BaselineReport, CheckReport, ClusterReport, EndpointSummary, PercentilePoint, Percentiles,
+    SCHEMA_VERSION, SeatsTimeline, SellOut, SloResult, Summary, TimelinePoint,
 };
 use crate::verdict::Status;
 
@@ -98,6 +98,9 @@ pub fn render(summary: &Summary) -> String {
     write_endpoints(&mut page, &summary.endpoints);
     write_charts(&mut page, summary);
     write_sell_out(&mut page, &summary.sell_out, summary.seats.provinces.len());
+    if let Some(cluster) = &summary.cluster {
+        write_cluster(&mut page, cluster);
+    }
     write_checks(&mut page, &summary.checks);
     write_slo(&mut page, &summary.slo);
     write_baseline(&mut page, summary.baseline.as_ref());
@@ -793,6 +796,45 @@ fn write_sell_out(out: &mut String, sell_out: &[SellOut], provinces: usize) {
         })
         .collect();
     write_table(out, &["province", "id", "run s", "opening-day s"], &rows);
+    close_section(out);
+}
+
+fn write_cluster(out: &mut String, cluster: &ClusterReport) {
+    open_section(out, "Cluster: how the writes ended");
+    let _ = writeln!(
+        out,
+        "<p>{} nodes: {}. Each write counts once, by its final outcome after redirects and \
+         resends with the same idempotency key.</p>",
+        cluster.targets.len(),
+        escape(&cluster.targets.join(", "))
+    );
+    let mut rows = vec![
+        vec![text("ok (acknowledged)"), figure(count(cluster.writes_ok))],
+        vec![
+            text("refused (a 4xx from the engine)"),
+            figure(count(cluster.writes_refused)),
+        ],
+        vec![
+            text("unknown (no definite answer; resolved by the check)"),
+            figure(count(cluster.writes_unknown)),
+        ],
+        vec![
+            text("421 not_leader followed"),
+            figure(count(cluster.redirects)),
+        ],
+        vec![text("resends"), figure(count(cluster.resends))],
+        vec![
+            text("longest gap between acknowledged writes (ms)"),
+            figure(fixed(cluster.longest_write_gap_ms, 0)),
+        ],
+    ];
+    if let Some(gap) = cluster.failover_gap_ms {
+        rows.push(vec![
+            text("failover gap: kill to first acknowledged write (ms)"),
+            figure(fixed(gap, 0)),
+        ]);
+    }
+    write_table(out, &[], &rows);
     close_section(out);
 }
 

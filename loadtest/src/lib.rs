@@ -14,7 +14,9 @@ pub mod admin;
 pub mod baseline;
 pub mod check;
 pub mod client;
+pub mod cluster_check;
 pub mod dataset;
+pub mod follow;
 pub mod html;
 pub mod journey;
 pub mod outcome;
@@ -24,6 +26,7 @@ pub mod run;
 pub mod server_metrics;
 pub mod slo;
 pub mod summary;
+pub mod tls;
 pub mod verdict;
 
 use std::collections::HashMap;
@@ -43,7 +46,8 @@ use crate::verdict::ServiceLimits;
 /// Options of `miqat loadtest`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadtestArgs {
-    /// The server's base URL.
+    /// The server's base URL; several, comma-separated, for a cluster's nodes (writes follow
+    /// the leader, reads go round the nodes, the check reads every node).
     #[arg(long, env = "MIQAT_TARGET", default_value = "http://127.0.0.1:8080")]
     pub target: String,
     /// The data set the plan is drawn from (`caravans.csv`, `holders.csv`, `season.toml`).
@@ -114,6 +118,9 @@ pub struct LoadtestArgs {
     /// Skip the after-run check (it needs the operator token).
     #[arg(long)]
     pub no_check: bool,
+    /// TLS for `https://` targets.
+    #[command(flatten)]
+    pub tls: tls::TlsArgs,
     /// Folder for `summary.json` and `report.html`.
     #[arg(long, default_value = "loadtest-report")]
     pub out: PathBuf,
@@ -182,6 +189,8 @@ pub fn run_cli(args: &LoadtestArgs) -> anyhow::Result<Option<Summary>> {
             .transpose()?,
         max_lag_ms: args.max_lag_ms,
         live: !args.quiet,
+        tls: tls::ClientTls::from_args(&args.tls)?,
+        failover_mark: follow::FailoverMark::default(),
     };
     let extras = Extras {
         slos,
@@ -285,20 +294,34 @@ pub async fn execute_with_records(
         eprintln!("played; checking");
     }
     if extras.check {
-        let admin = Admin::new(&options.target, options.operator_token.as_deref());
-        let report = check::check(
-            &admin,
-            "after the run",
-            &CheckInput {
-                recorded: &recorded,
-                capacities: extras.capacities.clone(),
-                fcfs_min: extras.fcfs_min,
-                holders: extras.holders.as_deref(),
-                since_ms: run_started_ms(&summary),
-            },
-        )
-        .await?;
-        add_check(&mut summary, report);
+        let input = CheckInput {
+            recorded: &recorded,
+            capacities: extras.capacities.clone(),
+            fcfs_min: extras.fcfs_min,
+            holders: extras.holders.as_deref(),
+            since_ms: run_started_ms(&summary),
+        };
+        let targets = follow::parse_targets(&options.target)?;
+        if targets.len() > 1 {
+            let reports = cluster_check::check_cluster(
+                &targets,
+                options.operator_token.as_deref(),
+                &options.tls,
+                &input,
+            )
+            .await?;
+            for report in reports {
+                add_check(&mut summary, report);
+            }
+        } else {
+            let admin = Admin::with_tls(
+                &options.target,
+                options.operator_token.as_deref(),
+                &options.tls,
+            );
+            let report = check::check(&admin, "after the run", &input).await?;
+            add_check(&mut summary, report);
+        }
     }
     if extras.baseline {
         summary.baseline = Some(measure_baseline(plan, options, &summary).await?);

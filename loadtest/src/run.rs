@@ -41,6 +41,10 @@ pub struct RunOptions {
     pub max_lag_ms: f64,
     /// Print a live view to stderr.
     pub live: bool,
+    /// TLS settings for an `https://` target.
+    pub tls: crate::tls::ClientTls,
+    /// When a cluster's node was killed during the run, if one was (the failover gap).
+    pub failover_mark: crate::follow::FailoverMark,
 }
 
 impl Default for RunOptions {
@@ -53,6 +57,8 @@ impl Default for RunOptions {
             reschedule_in: None,
             max_lag_ms: 50.0,
             live: true,
+            tls: crate::tls::ClientTls::default(),
+            failover_mark: crate::follow::FailoverMark::default(),
         }
     }
 }
@@ -67,7 +73,11 @@ pub struct Played {
 
 /// Plays `plan` against `options.target`.
 pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
-    let admin = Admin::new(&options.target, options.operator_token.as_deref());
+    let admin = Admin::with_tls(
+        &options.target,
+        options.operator_token.as_deref(),
+        &options.tls,
+    );
     admin
         .wait_ready(Duration::from_secs(60))
         .await
@@ -99,11 +109,12 @@ pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
         .checked_sub(Duration::from_secs(lead_whole_s))
         .unwrap_or(opening);
     let recorder = Arc::new(Recorder::new(run_start));
-    let http = Arc::new(Http::new(
+    let http = Arc::new(Http::with_tls(
         &options.target,
         options.connections,
         options.timeout,
         Arc::clone(&recorder),
+        &options.tls,
     )?);
     let ctx = Arc::new(Context {
         http,
@@ -183,6 +194,10 @@ pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
     let server = std::mem::take(&mut *server_metrics.lock());
     summary.server_version = server.version;
     summary.server_metrics = server.samples;
+    summary.cluster = ctx
+        .http
+        .cluster()
+        .map(|c| c.report_with(&options.failover_mark));
     Ok(Played { summary, recorded })
 }
 

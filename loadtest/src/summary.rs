@@ -95,11 +95,60 @@ pub struct Summary {
     /// [`Summary::judge`]; the reports judge afresh, so they cannot disagree with the data).
     #[serde(default)]
     pub verdict: Verdicts,
+    /// A run against several targets (a cluster): how its writes ended and what following
+    /// the leader cost; absent for a single target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReport>,
+}
+
+impl ClusterReport {
+    /// The report's line in the terminal summary.
+    pub fn line(&self) -> String {
+        format!(
+            "cluster    {} nodes; writes ok {}, refused {}, unknown {}; {} redirects, {} resends; \
+             longest gap between acknowledged writes {:.0} ms{}",
+            self.targets.len(),
+            self.writes_ok,
+            self.writes_refused,
+            self.writes_unknown,
+            self.redirects,
+            self.resends,
+            self.longest_write_gap_ms,
+            self.failover_gap_ms
+                .map_or(String::new(), |g| format!("; failover gap {g:.0} ms"))
+        )
+    }
+}
+
+/// How a run's writes to a cluster ended: each write (one idempotency key, resent as often
+/// as it took) counts once, by its final outcome.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// The nodes, as given to `--target`.
+    pub targets: Vec<String>,
+    /// Writes a node acknowledged (2xx).
+    pub writes_ok: u64,
+    /// Writes the engine refused (a 4xx other than `421 not_leader`).
+    pub writes_refused: u64,
+    /// Writes that never got a definite answer (no answer, `503 outcome_unknown` or `421`
+    /// to the last resend); the after-run check resolves each by resending it with its key.
+    pub writes_unknown: u64,
+    /// `421 not_leader` answers followed to another node.
+    pub redirects: u64,
+    /// Writes sent again after a redirect, a lost connection or an unknown outcome.
+    pub resends: u64,
+    /// The longest time between two acknowledged writes (ms): a failover shows here.
+    pub longest_write_gap_ms: f64,
+    /// When a node was killed during the run: from the kill to the first write acknowledged
+    /// after it (ms); `None` when nothing was killed or nothing acknowledged after.
+    #[serde(default)]
+    pub failover_gap_ms: Option<f64>,
 }
 
 /// The layout version of `summary.json`: 2 added `schema_version`, `passed`, `valid`, the
-/// versions, `server_metrics` and `latency_distribution`.
-pub const SCHEMA_VERSION: u32 = 2;
+/// versions, `server_metrics` and `latency_distribution`; 3 added `cluster` (present only for
+/// a run against several targets).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// One point of the latency distribution.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -429,6 +478,9 @@ impl Summary {
                     e.p99_ratio
                 );
             }
+        }
+        if let Some(cluster) = &self.cluster {
+            let _ = writeln!(out, "{}", cluster.line());
         }
         for c in &self.checks {
             let _ = writeln!(

@@ -241,7 +241,16 @@ impl Server {
     /// [`Server::spawn`], then sets (`Some`) or removes (`None`) the given environment
     /// variables of the child.
     pub fn spawn_with_env(options: &ServerOptions<'_>, env: &[(&str, Option<&str>)]) -> Server {
-        let addr = free_addr();
+        Server::spawn_at(options, free_addr(), env)
+    }
+
+    /// [`Server::spawn_with_env`] with the API on `addr` (a node that restarts where its
+    /// clients know it).
+    pub fn spawn_at(
+        options: &ServerOptions<'_>,
+        addr: SocketAddr,
+        env: &[(&str, Option<&str>)],
+    ) -> Server {
         let stderr_path = options.log_dir.join(format!("{}.stderr", options.name));
         let stdout_path = options.log_dir.join(format!("{}.stdout", options.name));
         let mut command = Command::new(miqat_bin());

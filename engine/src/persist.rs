@@ -266,6 +266,8 @@ impl Engine {
         let workers = if plan.get(global).is_some_and(|p| !p.is_empty()) {
             // A schedule record orders itself against every shard's records: one thread.
             1
+        } else if self.config.replay_threads > 0 {
+            self.config.replay_threads
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get().min(REPLAY_THREADS_MAX))
         };

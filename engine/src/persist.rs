@@ -104,6 +104,14 @@ impl Replayed {
     }
 }
 
+/// Recovery's refusal of the record `rec`, saying which it is and `why`.
+fn record_error(rec: &Pending, why: String) -> EngineError {
+    EngineError::Recovery(format!(
+        "record lsn {} (shard {}, seq {}): {why}",
+        rec.lsn, rec.shard, rec.shard_seq
+    ))
+}
+
 impl Engine {
     /// Opens the engine on `storage`: restores the latest snapshot, replays the log after it,
     /// checks every invariant, expires what fell due while it was down, and starts logging.
@@ -223,12 +231,7 @@ impl Engine {
         newest_ms: i64,
     ) -> Result<(u64, i64, bool), EngineError> {
         let shard_count = last_seq.len();
-        let fail = |rec: &Pending, why: String| {
-            EngineError::Recovery(format!(
-                "record lsn {} (shard {}, seq {}): {why}",
-                rec.lsn, rec.shard, rec.shard_seq
-            ))
-        };
+        let fail = record_error;
         // Sequence checks first, in log order: they decide which records are applied.
         let mut plan: Vec<Vec<usize>> = vec![Vec::new(); shard_count];
         let mut stop: Option<(usize, EngineError)> = None;
@@ -367,12 +370,7 @@ impl Engine {
         arena: &[u8],
         out: &mut Replayed,
     ) -> Result<(), EngineError> {
-        let fail = |why: String| {
-            EngineError::Recovery(format!(
-                "record lsn {} (shard {}, seq {}): {why}",
-                rec.lsn, rec.shard, rec.shard_seq
-            ))
-        };
+        let fail = |why: String| record_error(rec, why);
         let record = Record::decode(rec.kind, &arena[rec.start..rec.start + rec.len], rec.shard)
             .map_err(fail)?;
         self.replay(usize::from(rec.shard), &record).map_err(fail)?;

@@ -13,11 +13,15 @@ use miqat_api::limits::Rate;
 use miqat_api::principals::Principals;
 use miqat_api::server::{ServeOptions, serve};
 use miqat_api::{ApiConfig, AppState, admin_app, app, public_app};
+use miqat_engine::catalog::cache::{CacheUse, load_catalog_cached};
 use miqat_engine::clock::SystemClock;
-use miqat_engine::load::{load_catalog, load_season};
+use miqat_engine::load::load_season;
 use miqat_engine::wal::{DirStorage, Durability, MissingRecords, Storage};
 use miqat_engine::{Engine, EngineConfig};
 use tokio::sync::watch;
+
+/// The catalog's binary cache in the data directory (see `miqat_engine::catalog::cache`).
+pub const CATALOG_CACHE_FILE: &str = "catalog.cache";
 
 /// Options of `miqat serve`; every one also reads an environment variable.
 #[derive(clap::Args, Debug, Clone)]
@@ -521,10 +525,15 @@ pub(crate) async fn shutdown_signal() {
 /// listener and fail-stop watch).
 pub(crate) fn prepare(args: &ServeArgs) -> anyhow::Result<Prepared> {
     let metrics = miqat_api::telemetry::install().context("installing the metrics recorder")?;
-    let catalog = Arc::new(
-        load_catalog(&args.catalog)
-            .with_context(|| format!("loading the data set in {}", args.catalog.display()))?,
-    );
+    // The catalog's binary cache lives in the data directory, which the server owns (the
+    // data set's folder may be read-only); it is used only when the CSV files' hash matches.
+    let cache = args.data_dir.join(CATALOG_CACHE_FILE);
+    let (catalog, _, cache_use) = load_catalog_cached(&args.catalog, &cache)
+        .with_context(|| format!("loading the data set in {}", args.catalog.display()))?;
+    if let CacheUse::Rebuilt { reason, written } = &cache_use {
+        tracing::info!(%reason, written, "catalog loaded from the CSV files");
+    }
+    let catalog = Arc::new(catalog);
     let season_path = args
         .season
         .clone()

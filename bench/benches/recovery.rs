@@ -25,6 +25,7 @@ use miqat_bench::{
     FixedClock, OpeningDay, copy_data_dir, make_opening_day, median, national, unsynced_config,
 };
 use miqat_engine::catalog::Catalog;
+use miqat_engine::catalog::cache::{CacheUse, load_catalog_cached};
 use miqat_engine::load::{load_catalog, load_season};
 use miqat_engine::model::OperatorEvent;
 use miqat_engine::season::Season;
@@ -144,6 +145,45 @@ fn print_split(catalog: &Arc<Catalog>, season: &Season, now_ms: i64, data: &Path
     });
     let engine = open(catalog, season, now_ms, dir);
     let check = time_median(RUNS, || engine.check_invariants().unwrap());
+    drop(engine);
+    // Cold start through the catalog's binary cache: the first load writes it.
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = cache_dir.path().join("catalog.cache");
+    let (_, _, first) = load_catalog_cached(data, &cache).unwrap();
+    assert!(
+        matches!(first, CacheUse::Rebuilt { written: true, .. }),
+        "{first:?}"
+    );
+    let cached = time_median(RUNS, || {
+        let (catalog, _, used) = load_catalog_cached(data, &cache).unwrap();
+        assert_eq!(used, CacheUse::Used);
+        let season = load_season(&data.join("season.toml"), &catalog).unwrap();
+        std::hint::black_box((catalog, season));
+    });
+    let mut cold = Vec::new();
+    let mut cold_catalog = Vec::new();
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let (catalog, _, used) = load_catalog_cached(data, &cache).unwrap();
+        assert_eq!(used, CacheUse::Used);
+        let season = load_season(&data.join("season.toml"), &catalog).unwrap();
+        let loaded = started.elapsed();
+        let engine = open(&Arc::new(catalog), &season, now_ms, dir);
+        cold.push(started.elapsed());
+        cold_catalog.push(loaded);
+        drop(engine);
+    }
+    let cold = median(&mut cold);
+    let cold_catalog = median(&mut cold_catalog);
+    eprintln!(
+        "recovery/cold_start (medians of {RUNS}): catalog from its cache + season {:.1} ms \
+         (alone: {:.1} ms) | catalog from its cache + season + Engine::open of the full day \
+         {:.1} ms",
+        cold_catalog.as_secs_f64() * 1e3,
+        cached.as_secs_f64() * 1e3,
+        cold.as_secs_f64() * 1e3,
+    );
+    let engine = open(catalog, season, now_ms, dir);
     let log_bytes: u64 = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())

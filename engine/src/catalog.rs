@@ -8,6 +8,8 @@
 
 use rustc_hash::FxHashMap;
 
+pub mod cache;
+
 /// Declares a dense index type: a newtype over an unsigned integer, so that a holder's index
 /// can never be passed where a caravan's is expected.
 macro_rules! index_type {

@@ -64,6 +64,54 @@ struct Pending {
     len: usize,
 }
 
+/// Threads that replay shards side by side at most.
+const REPLAY_THREADS_MAX: usize = 4;
+
+/// What replaying a run of records did.
+struct Replayed {
+    applied: u64,
+    newest_ms: i64,
+    schedule_seen: bool,
+    /// Transfer records with their place in the log, noted in the transfer index afterwards
+    /// in log order.
+    transfers: Vec<(usize, Record)>,
+    /// The first record that failed (its place in the log) and why.
+    failure: Option<(usize, EngineError)>,
+}
+
+impl Default for Replayed {
+    fn default() -> Replayed {
+        Replayed {
+            applied: 0,
+            newest_ms: i64::MIN,
+            schedule_seen: false,
+            transfers: Vec::new(),
+            failure: None,
+        }
+    }
+}
+
+impl Replayed {
+    fn merge(&mut self, other: Replayed) {
+        self.applied += other.applied;
+        self.newest_ms = self.newest_ms.max(other.newest_ms);
+        self.schedule_seen |= other.schedule_seen;
+        self.transfers.extend(other.transfers);
+        self.failure = match (self.failure.take(), other.failure) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Recovery's refusal of the record `rec`, saying which it is and `why`.
+fn record_error(rec: &Pending, why: String) -> EngineError {
+    EngineError::Recovery(format!(
+        "record lsn {} (shard {}, seq {}): {why}",
+        rec.lsn, rec.shard, rec.shard_seq
+    ))
+}
+
 impl Engine {
     /// Opens the engine on `storage`: restores the latest snapshot, replays the log after it,
     /// checks every invariant, expires what fell due while it was down, and starts logging.
@@ -107,49 +155,18 @@ impl Engine {
             None => None,
         };
         let cut = last_seq.clone();
-        let mut replayed = 0u64;
         let mut schedule_from_log = snapshot_lsn.is_some() && engine.schedule_in_snapshot;
         // Engine time must not step back across a restart, even if the clock is behind.
-        let mut newest_ms = engine.newest_in_state_ms();
-        for rec in &pending {
-            let s = usize::from(rec.shard);
-            let fail = |why: String| {
-                EngineError::Recovery(format!(
-                    "record lsn {} (shard {}, seq {}): {why}",
-                    rec.lsn, rec.shard, rec.shard_seq
-                ))
-            };
-            if s >= shard_count {
-                return Err(fail("unknown shard".into()));
-            }
-            if rec.shard_seq <= cut[s] {
-                continue;
-            }
-            if recovered.accepted_loss.is_some() && rec.shard_seq > last_seq[s] + 1 {
-                // The operator accepted that records before this one are gone.
-                tracing::error!(
-                    shard = s,
-                    from = last_seq[s] + 1,
-                    to = rec.shard_seq - 1,
-                    "shard records missing (accepted)"
-                );
-                last_seq[s] = rec.shard_seq - 1;
-            }
-            if rec.shard_seq != last_seq[s] + 1 {
-                return Err(fail(format!(
-                    "expected seq {} (log and snapshot disagree)",
-                    last_seq[s] + 1
-                )));
-            }
-            let record =
-                Record::decode(rec.kind, &arena[rec.start..rec.start + rec.len], rec.shard)
-                    .map_err(&fail)?;
-            engine.replay(s, &record).map_err(&fail)?;
-            newest_ms = newest_ms.max(record.at_ms());
-            schedule_from_log |= matches!(record, Record::Schedule { .. });
-            last_seq[s] = rec.shard_seq;
-            replayed += 1;
-        }
+        let newest_ms = engine.newest_in_state_ms();
+        let (replayed, newest_ms, schedule_in_log) = engine.replay_pending(
+            &pending,
+            &arena,
+            &cut,
+            &mut last_seq,
+            recovered.accepted_loss.is_some(),
+            newest_ms,
+        )?;
+        schedule_from_log |= schedule_in_log;
         drop(arena);
         engine.raise_time_to(newest_ms);
         if schedule_from_log && *engine.schedule() != engine.season.schedule {
@@ -196,8 +213,178 @@ impl Engine {
         Ok((engine, report))
     }
 
+    /// Applies the records read back from the log after the snapshot's cuts, checking each
+    /// shard's sequence; returns the records applied, the newest instant among them (at least
+    /// `newest_ms`) and whether one replaced the schedule.
+    ///
+    /// Shards are independent (a record changes its own shard only), so when the log holds no
+    /// schedule record (the one kind that is global) the shards are replayed on parallel
+    /// threads, each in its own order; the error reported is then still the one of the first
+    /// failing record in log order, as a sequential replay would report.
+    fn replay_pending(
+        &mut self,
+        pending: &[Pending],
+        arena: &[u8],
+        cut: &[u64],
+        last_seq: &mut [u64],
+        accepted_loss: bool,
+        newest_ms: i64,
+    ) -> Result<(u64, i64, bool), EngineError> {
+        let shard_count = last_seq.len();
+        let fail = record_error;
+        // Sequence checks first, in log order: they decide which records are applied.
+        let mut plan: Vec<Vec<usize>> = vec![Vec::new(); shard_count];
+        let mut stop: Option<(usize, EngineError)> = None;
+        for (at, rec) in pending.iter().enumerate() {
+            let s = usize::from(rec.shard);
+            if s >= shard_count {
+                stop = Some((at, fail(rec, "unknown shard".into())));
+                break;
+            }
+            if rec.shard_seq <= cut[s] {
+                continue;
+            }
+            if accepted_loss && rec.shard_seq > last_seq[s] + 1 {
+                // The operator accepted that records before this one are gone.
+                tracing::error!(
+                    shard = s,
+                    from = last_seq[s] + 1,
+                    to = rec.shard_seq - 1,
+                    "shard records missing (accepted)"
+                );
+                last_seq[s] = rec.shard_seq - 1;
+            }
+            if rec.shard_seq != last_seq[s] + 1 {
+                let why = format!(
+                    "expected seq {} (log and snapshot disagree)",
+                    last_seq[s] + 1
+                );
+                stop = Some((at, fail(rec, why)));
+                break;
+            }
+            last_seq[s] = rec.shard_seq;
+            plan[s].push(at);
+        }
+        let global = self.shards.len();
+        let workers = if plan.get(global).is_some_and(|p| !p.is_empty()) {
+            // A schedule record orders itself against every shard's records: one thread.
+            1
+        } else if self.config.replay_threads > 0 {
+            self.config.replay_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(REPLAY_THREADS_MAX))
+        };
+        let outcome = if workers <= 1 {
+            let mut all: Vec<usize> = plan.into_iter().flatten().collect();
+            all.sort_unstable();
+            self.replay_in_order(pending, arena, &all)
+        } else {
+            self.replay_shards_in_parallel(pending, arena, plan, workers)
+        };
+        let first_failure = match (outcome.failure, stop) {
+            (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        if let Some((_, error)) = first_failure {
+            return Err(error);
+        }
+        for (_, record) in &outcome.transfers {
+            self.note_replayed(record);
+        }
+        Ok((
+            outcome.applied,
+            newest_ms.max(outcome.newest_ms),
+            outcome.schedule_seen,
+        ))
+    }
+
+    /// Applies the records at `order` (indices into `pending`, ascending) one by one.
+    fn replay_in_order(&self, pending: &[Pending], arena: &[u8], order: &[usize]) -> Replayed {
+        let mut out = Replayed::default();
+        for &at in order {
+            if let Err(error) = self.replay_one(at, &pending[at], arena, &mut out) {
+                out.failure = Some((at, error));
+                break;
+            }
+        }
+        out
+    }
+
+    /// Applies each shard's records on one of `workers` threads, the shards dealt out by
+    /// record count, and merges what the threads found.
+    fn replay_shards_in_parallel(
+        &self,
+        pending: &[Pending],
+        arena: &[u8],
+        plan: Vec<Vec<usize>>,
+        workers: usize,
+    ) -> Replayed {
+        let mut shards: Vec<Vec<usize>> = plan.into_iter().filter(|p| !p.is_empty()).collect();
+        shards.sort_unstable_by_key(|p| std::cmp::Reverse(p.len()));
+        let mut lots: Vec<(usize, Vec<Vec<usize>>)> = vec![(0, Vec::new()); workers];
+        for shard in shards {
+            if let Some(lightest) = lots.iter_mut().min_by_key(|lot| lot.0) {
+                lightest.0 += shard.len();
+                lightest.1.push(shard);
+            }
+        }
+        let results: Vec<Replayed> = std::thread::scope(|scope| {
+            let handles: Vec<_> = lots
+                .into_iter()
+                .map(|(_, lot)| {
+                    scope.spawn(move || {
+                        let mut merged = Replayed::default();
+                        for shard in lot {
+                            merged.merge(self.replay_in_order(pending, arena, &shard));
+                        }
+                        merged
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| Replayed {
+                        failure: Some((
+                            0,
+                            EngineError::Recovery("a replay thread panicked".into()),
+                        )),
+                        ..Replayed::default()
+                    })
+                })
+                .collect()
+        });
+        let mut out = Replayed::default();
+        for result in results {
+            out.merge(result);
+        }
+        out.transfers.sort_by_key(|(at, _)| *at);
+        out
+    }
+
+    /// Decodes and applies one record.
+    fn replay_one(
+        &self,
+        at: usize,
+        rec: &Pending,
+        arena: &[u8],
+        out: &mut Replayed,
+    ) -> Result<(), EngineError> {
+        let fail = |why: String| record_error(rec, why);
+        let record = Record::decode(rec.kind, &arena[rec.start..rec.start + rec.len], rec.shard)
+            .map_err(fail)?;
+        self.replay(usize::from(rec.shard), &record).map_err(fail)?;
+        out.newest_ms = out.newest_ms.max(record.at_ms());
+        out.schedule_seen |= matches!(record, Record::Schedule { .. });
+        out.applied += 1;
+        if matches!(record, Record::Transfer { .. }) {
+            out.transfers.push((at, record));
+        }
+        Ok(())
+    }
+
     /// Applies one replayed record to shard `s` (the last index is the global shard).
-    fn replay(&mut self, s: usize, record: &Record) -> Result<(), String> {
+    fn replay(&self, s: usize, record: &Record) -> Result<(), String> {
         if s == self.shards.len() {
             if !matches!(record, Record::Schedule { .. }) {
                 return Err("only schedule records belong to the global shard".into());
@@ -212,8 +399,6 @@ impl Engine {
         let shard = &self.shards[s];
         let mut st = shard.state.lock();
         st.apply(&self.ctx(), &shard.counters, record)?;
-        drop(st);
-        self.note_replayed(record);
         Ok(())
     }
 

@@ -58,6 +58,9 @@ pub struct EngineConfig {
     /// What recovery does when records that were durable once are provably gone: refuse to
     /// start (default), or, on an operator's explicit override, start without them.
     pub missing_records: MissingRecords,
+    /// Threads that replay the log's shards side by side at start (0, the default: as many
+    /// as the machine has cores, at most 4; 1: one thread, in log order).
+    pub replay_threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +72,7 @@ impl Default for EngineConfig {
             segment_bytes_target: 64 << 20,
             id_seed: None,
             missing_records: MissingRecords::Refuse,
+            replay_threads: 0,
         }
     }
 }

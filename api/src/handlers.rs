@@ -165,9 +165,17 @@ fn reservation_json(state: &AppState, view: &miqat_engine::model::ReservationVie
 #[utoipa::path(get, path = "/v1/waves", tag = "public",
     responses((status = 200, body = [WaveDto])))]
 pub async fn waves(State(state): State<AppState>) -> Result<Json<Vec<WaveDto>>, ApiError> {
-    let schedule = state.engine()?.schedule();
+    let engine = state.engine()?;
+    let schedule = engine.schedule();
     Ok(Json(
-        schedule.waves.iter().map(WaveDto::from_wave).collect(),
+        schedule
+            .waves
+            .iter()
+            .map(|wave| WaveDto {
+                waiting_room: engine.season().room(&wave.name).is_some(),
+                ..WaveDto::from_wave(wave)
+            })
+            .collect(),
     ))
 }
 

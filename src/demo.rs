@@ -17,7 +17,7 @@ use miqat_engine::datagen::{GenConfig, generate};
 use miqat_engine::load::{load_catalog, load_season};
 use miqat_engine::model::{ReservationView, Status};
 use miqat_engine::persist::RecoveryReport;
-use miqat_engine::season::{Season, Stage};
+use miqat_engine::season::{Outflow, RoomConfig, Season, Stage};
 use miqat_engine::wal::DirStorage;
 use miqat_engine::{Engine, EngineConfig};
 use miqat_loadtest::admin::Admin;
@@ -75,6 +75,10 @@ pub struct DemoArgs {
     /// (default: free ports the system chooses).
     #[arg(long, requires = "cluster")]
     ports_from: Option<u16>,
+    /// Run without the main wave's waiting room (holders then race, and overload is shed
+    /// with 503).
+    #[arg(long)]
+    no_waiting_room: bool,
 }
 
 /// Deadlines short enough to expire during the demo, long enough for the planned operator
@@ -85,6 +89,14 @@ const DEMO_OFFER_MS: i64 = 12_000;
 /// Admission bound of the demo's server: two cores answer ~15,000 requests a second, so
 /// 512 in flight is ~35 ms of queue; past it the server sheds with 503 + `Retry-After`.
 const DEMO_MAX_IN_FLIGHT: usize = 512;
+/// The main wave's waiting room in the demo: automatic outflow, passes valid 10 minutes,
+/// joins from half an hour before the opening (the whole pre-opening storm).
+const DEMO_ROOM: RoomConfig = RoomConfig {
+    enabled: true,
+    outflow: Outflow::Auto,
+    pass_lifetime_ms: 10 * 60_000,
+    pre_queue_ms: 30 * 60_000,
+};
 /// Until the load tester moves the opening closer, the wave opens in an hour.
 const PARKED_OPENING_MS: i64 = 3_600_000;
 /// How long before the wave opens the rush begins (the plan's pre-opening storm fits in it).
@@ -117,6 +129,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         &mut season,
         SystemClock::system().now_ms() + PARKED_OPENING_MS,
     )?;
+    if !args.no_waiting_room {
+        season.rooms = vec![(season.schedule.waves[0].name.clone(), DEMO_ROOM)];
+    }
     println!(
         "data set   {} provinces, {} caravans, {} seats, {} holders ({}, loaded in {} ms)",
         catalog.provinces().len(),
@@ -208,6 +223,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let report_path = miqat_loadtest::write_reports(&summary, &report_dir)?;
 
     print!("\n{}", summary.to_text());
+    if !season.rooms.is_empty() {
+        print_waiting_room(&summary, &recorded);
+    }
     println!(
         "recovery   restarted in {restart_ms} ms: {} + {} records replayed, {} deadlines expired \
          while down",
@@ -232,6 +250,33 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
         (Err(e), _) => bail!("recovery lost or changed a reservation: {e}"),
         (Ok(_), verdicts) if verdicts.passed() => Ok(()),
         (Ok(_), verdicts) => bail!("the run {}", verdicts.headline()),
+    }
+}
+
+/// The waiting room over time (queue length, admissions and median wait, from the server's
+/// metrics) and the `503` answers holders got.
+fn print_waiting_room(
+    summary: &miqat_loadtest::summary::Summary,
+    recorded: &miqat_loadtest::recorder::Recorded,
+) {
+    let shed_503: u64 = recorded
+        .answers
+        .iter()
+        .filter(|(answer, _)| answer.starts_with("503"))
+        .map(|(_, n)| n)
+        .sum();
+    println!(
+        "room       the main wave's waiting room (automatic outflow); 503 answers to holders: \
+         {shed_503}"
+    );
+    let samples = &summary.server_metrics;
+    let step = samples.len().div_ceil(12).max(1);
+    println!("           t (s)   waiting   admitted/s   median wait (s)");
+    for sample in samples.iter().step_by(step) {
+        println!(
+            "           {:>5.0}   {:>7.0}   {:>10.1}   {:>15.1}",
+            sample.t_s, sample.queue_length, sample.queue_admitted_per_s, sample.queue_wait_p50_s
+        );
     }
 }
 

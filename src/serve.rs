@@ -136,6 +136,11 @@ pub struct ServeArgs {
     /// taken at once. Without it, such a start is refused with the evidence.
     #[arg(long, env = "MIQAT_ACCEPT_MISSING_RECORDS")]
     pub accept_missing_records: bool,
+    /// The secret waiting-room passes are signed with (HMAC-SHA256, at least 32 bytes).
+    /// Without it a random one is drawn at start, and passes do not survive a restart
+    /// (admitted holders poll again for a new one).
+    #[arg(long, env = "MIQAT_QUEUE_PASS_SECRET", hide_env_values = true)]
+    pub queue_pass_secret: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "MIQAT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -383,6 +388,13 @@ fn api_config(
         cors,
         trusted_proxies,
         access_log: args.access_log,
+        queue_pass_secret: match &args.queue_pass_secret {
+            Some(secret) => {
+                miqat_api::queue::pass_key(Some(secret.as_bytes())).map_err(anyhow::Error::msg)?;
+                Some(secret.as_bytes().to_vec())
+            }
+            None => None,
+        },
         ..ApiConfig::default()
     })
 }

@@ -234,6 +234,11 @@ pub struct WaveDto {
     /// before that wave opens (optional on input, default false).
     #[serde(default)]
     pub admits_earlier_receipts: bool,
+    /// Whether the wave has a waiting room that is on: its holders join `POST /v1/queue` and
+    /// reserve with the pass it gives (ignored on input: rooms are configured in the season
+    /// file).
+    #[serde(default)]
+    pub waiting_room: bool,
 }
 
 impl WaveDto {
@@ -246,6 +251,7 @@ impl WaveDto {
             opens_at_jalali: format_tehran_jalali(wave.opens_at_ms),
             provinces: wave.provinces.clone(),
             admits_earlier_receipts: wave.admits_earlier_receipts,
+            waiting_room: false,
         }
     }
 }

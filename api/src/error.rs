@@ -90,6 +90,24 @@ pub enum ApiError {
     OutcomeUnknown,
     /// 409 (cluster mode): a membership change refused, with its code and why.
     Membership(&'static str, String),
+    /// Cluster mode: this operation is not replicated yet, so it is refused rather than made
+    /// on one node only.
+    NotReplicated(&'static str),
+    /// 403: the holder's waiting room is active and the reservation carries no valid pass.
+    QueuePass(QueuePassProblem),
+}
+
+/// Why a reservation's waiting-room pass was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueuePassProblem {
+    /// No `Miqat-Queue-Pass` header.
+    Required,
+    /// Not a pass, or forged or altered.
+    Invalid,
+    /// Genuine, but another holder's or another wave's.
+    NotYours,
+    /// Genuine and the holder's, but past its expiry.
+    Expired,
 }
 
 impl From<EngineError> for ApiError {
@@ -228,6 +246,42 @@ impl ApiError {
                 set(&mut p, "Membership change refused", code, detail);
                 StatusCode::CONFLICT
             }
+            ApiError::QueuePass(problem) => {
+                let (code, detail) = match problem {
+                    QueuePassProblem::Required => (
+                        "queue_pass_required",
+                        "this wave has a waiting room: join it (POST /v1/queue), poll GET \
+                         /v1/queue/me until admitted, then send its pass in the Miqat-Queue-Pass \
+                         header",
+                    ),
+                    QueuePassProblem::Invalid => (
+                        "queue_pass_invalid",
+                        "the Miqat-Queue-Pass header is not a pass this server signed",
+                    ),
+                    QueuePassProblem::NotYours => (
+                        "queue_pass_not_yours",
+                        "the pass was issued to another holder or for another wave",
+                    ),
+                    QueuePassProblem::Expired => (
+                        "queue_pass_expired",
+                        "the pass has expired; a pass is valid for the room's pass lifetime \
+                         from admission",
+                    ),
+                };
+                set(&mut p, "Queue pass refused", code, detail);
+                StatusCode::FORBIDDEN
+            }
+            ApiError::NotReplicated(what) => {
+                set(
+                    &mut p,
+                    "Not available in cluster mode",
+                    "not_replicated",
+                    &format!(
+                        "{what} is not replicated in this version: it is refused in cluster mode, so that no node changes alone"
+                    ),
+                );
+                StatusCode::NOT_IMPLEMENTED
+            }
             ApiError::OutcomeUnknown => {
                 set(
                     &mut p,
@@ -363,6 +417,24 @@ fn engine_problem(
             set(p, "Receipt transferred", code, &detail);
             StatusCode::FORBIDDEN
         }
+        EngineError::NoWaitingRoom => {
+            set(p, "No waiting room", code, &detail);
+            StatusCode::CONFLICT
+        }
+        EngineError::QueueNotOpen { opens_at_ms } => {
+            set(p, "Waiting room not open", code, &detail);
+            p.opens_at = Some(format_rfc3339_utc(*opens_at_ms));
+            p.opens_at_jalali = Some(format_tehran_jalali(*opens_at_ms));
+            p.detail = format!(
+                "{detail}; holders may join from {} Tehran time",
+                format_tehran_jalali(*opens_at_ms)
+            );
+            StatusCode::CONFLICT
+        }
+        EngineError::ProvinceSoldOut => {
+            set(p, "Province sold out", code, &detail);
+            StatusCode::CONFLICT
+        }
         EngineError::Overloaded => {
             set(p, "Overloaded", code, &detail);
             return (StatusCode::SERVICE_UNAVAILABLE, Some(1));
@@ -464,6 +536,14 @@ pub const ERROR_CODES: &[&str] = &[
     "last_voter",
     "learner_behind",
     "membership_change_in_progress",
+    "not_replicated",
+    "no_waiting_room",
+    "queue_not_open",
+    "province_sold_out",
+    "queue_pass_required",
+    "queue_pass_invalid",
+    "queue_pass_not_yours",
+    "queue_pass_expired",
 ];
 
 #[cfg(test)]
@@ -515,6 +595,9 @@ mod tests {
             EngineError::DispatchFrozen,
             EngineError::ProvinceChangeUnsupported,
             EngineError::ReceiptTransferred,
+            EngineError::NoWaitingRoom,
+            EngineError::QueueNotOpen { opens_at_ms: 0 },
+            EngineError::ProvinceSoldOut,
         ];
         let mut errors: Vec<ApiError> = engine_errors.into_iter().map(ApiError::from).collect();
         errors.extend([
@@ -534,6 +617,11 @@ mod tests {
             ApiError::Forbidden("f".into()),
             ApiError::NotLeader(Some("127.0.0.1:1".into())),
             ApiError::OutcomeUnknown,
+            ApiError::NotReplicated("x"),
+            ApiError::QueuePass(QueuePassProblem::Required),
+            ApiError::QueuePass(QueuePassProblem::Invalid),
+            ApiError::QueuePass(QueuePassProblem::NotYours),
+            ApiError::QueuePass(QueuePassProblem::Expired),
         ]);
         for code in [
             "node_already_member",
@@ -571,6 +659,8 @@ mod tests {
                 | ApiError::NotLeader(_)
                 | ApiError::OutcomeUnknown
                 | ApiError::Membership(..)
+                | ApiError::NotReplicated(_)
+                | ApiError::QueuePass(_)
                 | ApiError::Engine(..) => {}
             }
         }

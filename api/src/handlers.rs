@@ -65,7 +65,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
     }
 }
 
-fn national_id(text: &str) -> Result<u64, ApiError> {
+pub(crate) fn national_id(text: &str) -> Result<u64, ApiError> {
     parse_national_id(text).map_err(|e| ApiError::InvalidField {
         field: "national_id".into(),
         message: e.to_string(),
@@ -77,7 +77,11 @@ fn national_id(text: &str) -> Result<u64, ApiError> {
 /// Successful and failed logins count in separate budgets of the same rate: someone who only
 /// knows a holder's national ID can exhaust the failure budget (and so can no longer guess
 /// tracking codes), but cannot lock the holder out of their own account.
-fn authenticate(state: &AppState, national: &str, code: &str) -> Result<HolderIdx, ApiError> {
+pub(crate) fn authenticate(
+    state: &AppState,
+    national: &str,
+    code: &str,
+) -> Result<HolderIdx, ApiError> {
     let id = national_id(national)?;
     let limited = |wait| ApiError::RateLimited(retry_after_seconds(wait));
     match state.engine()?.authenticate(id, code) {
@@ -100,7 +104,10 @@ fn authenticate(state: &AppState, national: &str, code: &str) -> Result<HolderId
     }
 }
 
-fn header_credentials(state: &AppState, headers: &HeaderMap) -> Result<HolderIdx, ApiError> {
+pub(crate) fn header_credentials(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<HolderIdx, ApiError> {
     let get = |name: &str| {
         headers
             .get(name)
@@ -158,9 +165,17 @@ fn reservation_json(state: &AppState, view: &miqat_engine::model::ReservationVie
 #[utoipa::path(get, path = "/v1/waves", tag = "public",
     responses((status = 200, body = [WaveDto])))]
 pub async fn waves(State(state): State<AppState>) -> Result<Json<Vec<WaveDto>>, ApiError> {
-    let schedule = state.engine()?.schedule();
+    let engine = state.engine()?;
+    let schedule = engine.schedule();
     Ok(Json(
-        schedule.waves.iter().map(WaveDto::from_wave).collect(),
+        schedule
+            .waves
+            .iter()
+            .map(|wave| WaveDto {
+                waiting_room: engine.season().room(&wave.name).is_some(),
+                ..WaveDto::from_wave(wave)
+            })
+            .collect(),
     ))
 }
 
@@ -345,9 +360,10 @@ pub async fn caravan(
 /// A retry with the same `Idempotency-Key` answers the original reservation.
 #[utoipa::path(post, path = "/v1/reservations", tag = "applicant",
     request_body = ReserveRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry key, up to 255 bytes"),
+        ("Miqat-Queue-Pass" = Option<String>, Header, description = "The waiting room's pass (from `GET /v1/queue/me` once admitted); required while the room of the holder's wave is active")),
     responses((status = 201, body = Reservation), (status = 400, body = Problem),
-        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 401, body = Problem), (status = 403, description = "`queue_pass_required`, `queue_pass_invalid`, `queue_pass_not_yours`, `queue_pass_expired` (the waiting room), or an eligibility refusal", body = Problem), (status = 404, body = Problem),
         (status = 409, body = Problem), (status = 422, body = Problem), (status = 429, body = Problem),
         (status = 503, body = Problem)))]
 pub async fn reserve(
@@ -357,6 +373,19 @@ pub async fn reserve(
 ) -> Result<Response, ApiError> {
     let holder = authenticate(&state, &body.national_id, &body.tracking_code)?;
     let engine = state.engine()?;
+    if let Err(e) = crate::queue::check_pass(
+        &state,
+        engine,
+        holder,
+        national_id(&body.national_id)?,
+        &headers,
+    ) {
+        state
+            .inner
+            .request_metrics
+            .reservation(Some(e.code()), false);
+        return Err(e);
+    }
     let caravan = engine
         .catalog()
         .caravan_by_id(body.caravan_id.trim())

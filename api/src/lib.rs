@@ -19,6 +19,7 @@ pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod principals;
+pub mod queue;
 pub mod queue_pass;
 pub mod roster;
 pub mod server;
@@ -74,6 +75,9 @@ pub struct ApiConfig {
     pub trusted_proxies: Vec<IpBlock>,
     /// Log one line per request with a request id (`X-Request-Id`).
     pub access_log: bool,
+    /// The secret waiting-room passes are signed with (at least 32 bytes); `None` (the
+    /// default): a random one drawn at start, so passes do not outlive the process.
+    pub queue_pass_secret: Option<Vec<u8>>,
 }
 
 impl Default for ApiConfig {
@@ -94,6 +98,7 @@ impl Default for ApiConfig {
             cors: CorsPolicy::default(),
             trusted_proxies: Vec::new(),
             access_log: false,
+            queue_pass_secret: None,
         }
     }
 }
@@ -115,6 +120,7 @@ pub(crate) struct Inner {
     pub(crate) cors: Arc<CorsPolicy>,
     pub(crate) trusted_proxies: Arc<[IpBlock]>,
     pub(crate) request_metrics: RequestMetrics,
+    pub(crate) queue: queue::Queue,
 }
 
 /// Shared state of every handler; cheap to clone.
@@ -135,8 +141,18 @@ impl AppState {
             .principals
             .clone()
             .with_operator_token(config.operator_token.as_deref().unwrap_or(""));
+        let pass_key = queue::pass_key(config.queue_pass_secret.as_deref()).or_else(|e| {
+            // The server's flags are checked before this; a library caller gets a working key.
+            tracing::error!(error = %e, "queue pass secret refused; passes use a random key");
+            queue::pass_key(None)
+        });
+        let queue = match pass_key {
+            Ok(key) => queue::Queue::new(key),
+            Err(e) => panic!("no key for waiting-room passes: {e}"),
+        };
         AppState {
             inner: Arc::new(Inner {
+                queue,
                 principals,
                 cache: CaravanListCache::new(config.list_max_age),
                 admission: Admission::new(config.max_in_flight),
@@ -236,6 +252,8 @@ pub const ROUTES: &[RouteEntry] = &[
     route("/v1/waitlist/me", Surface::Public, || {
         get(handlers::waitlist_me)
     }),
+    route("/v1/queue", Surface::Public, || post(queue::join)),
+    route("/v1/queue/me", Surface::Public, || get(queue::me)),
     route("/v1/admin/reservations", Surface::Admin, || {
         get(handlers::admin_reservations)
     }),
@@ -348,6 +366,7 @@ async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Respo
             .inner
             .request_metrics
             .admission_rejected(Rejection::Overloaded);
+        state.inner.queue.note_shed();
         return ApiError::Overloaded(1).into_response();
     };
     if let Some(client) = client_ip::of_request(&req, &state.inner.trusted_proxies)
@@ -425,6 +444,7 @@ pub async fn metrics_text(State(state): State<AppState>) -> Response {
         } else {
             0.0
         });
+        queue::record_metrics(&state, engine);
         if let Some(wal) = engine.wal_stats() {
             metrics::gauge!("miqat_wal_staged_bytes").set(wal.staged_bytes as f64);
             metrics::gauge!("miqat_wal_staged_bytes_limit").set(wal.staged_bytes_max as f64);

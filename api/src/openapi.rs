@@ -28,6 +28,7 @@ use crate::{dto, error, handlers};
         crate::ops::summary, crate::ops::page,
         crate::roster::roster, crate::holders::transfer, crate::holders::change_dispatch,
         crate::cluster::add_learner, crate::cluster::promote, crate::cluster::remove,
+        crate::queue::join, crate::queue::me,
     ),
     components(schemas(
         dto::ReserveRequest, dto::Credentials, dto::EventRequest, dto::Reservation, dto::Province,
@@ -39,6 +40,8 @@ use crate::{dto, error, handlers};
         crate::holders::TransferReceiver, crate::holders::DispatchRequest,
         crate::holders::HolderProfileDto, crate::cluster::AddLearnerBody,
         crate::cluster::PromoteBody,
+        crate::holders::HolderProfileDto, crate::queue::QueueJoinRequest,
+        crate::queue::QueueStatus,
     )),
     modifiers(&BearerAuth),
 )]
@@ -203,6 +206,31 @@ fn complete_operation(path: &str, method: &str, operation: &mut Map<String, Valu
     }
     if path == "/v1/reservations" && method == "post" {
         add_reservation_examples(operation);
+    }
+    if path.starts_with("/v1/queue") {
+        add_queue_headers(operation);
+    }
+}
+
+/// The waiting room's answers: `ETag` on 200 and 304, `Retry-After` (when to poll next) on 200.
+fn add_queue_headers(operation: &mut Map<String, Value>) {
+    let Some(responses) = operation.get_mut("responses") else {
+        return;
+    };
+    for status in ["200", "304"] {
+        if let Some(response) = responses.get_mut(status) {
+            response["headers"]["ETag"] = json!({
+                "description": "Tag of this standing; send it back in `If-None-Match`",
+                "schema": { "type": "string" }
+            });
+        }
+    }
+    if let Some(ok) = responses.get_mut("200") {
+        ok["headers"]["Retry-After"] = json!({
+            "description": "Seconds to wait before polling `GET /v1/queue/me` again (absent \
+                            once admitted)",
+            "schema": { "type": "integer", "minimum": 0 }
+        });
     }
 }
 

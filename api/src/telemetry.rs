@@ -60,6 +60,13 @@ pub const CODES: &[&str] = &[
     "seats_available",
     "registration_ended",
     "schedule_out_of_order",
+    "queue_pass_required",
+    "queue_pass_invalid",
+    "queue_pass_not_yours",
+    "queue_pass_expired",
+    "no_waiting_room",
+    "queue_not_open",
+    "province_sold_out",
     "internal_error",
 ];
 
@@ -77,6 +84,10 @@ const RESERVE_REFUSALS: &[&str] = &[
     "already_reserved",
     "idempotency_key_reused",
     "registration_ended",
+    "queue_pass_required",
+    "queue_pass_invalid",
+    "queue_pass_not_yours",
+    "queue_pass_expired",
     "rate_limited",
     "overloaded",
     "not_ready",
@@ -85,6 +96,11 @@ const RESERVE_REFUSALS: &[&str] = &[
 
 /// `(name, unit, help)` of every counter family.
 const COUNTERS: &[(&str, Unit, &str)] = &[
+    (
+        "miqat_queue_admitted_total",
+        Unit::Count,
+        "Places a wave's waiting room has admitted (its rate is the admissions per second).",
+    ),
     (
         "miqat_http_requests_total",
         Unit::Count,
@@ -154,6 +170,22 @@ const COUNTERS: &[(&str, Unit, &str)] = &[
 
 /// `(name, unit, help)` of every gauge family.
 const GAUGES: &[(&str, Unit, &str)] = &[
+    (
+        "miqat_queue_length",
+        Unit::Count,
+        "Holders in a wave's waiting room not yet admitted, at scrape time.",
+    ),
+    (
+        "miqat_queue_joined",
+        Unit::Count,
+        "Holders who joined a wave's waiting room, at scrape time.",
+    ),
+    (
+        "miqat_queue_outflow_per_second",
+        Unit::Count,
+        "The waiting room's outflow rate last used: places admitted per second (configured, \
+         or the automatic one).",
+    ),
     (
         "miqat_build_info",
         Unit::Count,
@@ -254,6 +286,12 @@ const GAUGES: &[(&str, Unit, &str)] = &[
 
 /// `(name, unit, help)` of every histogram family.
 const HISTOGRAMS: &[(&str, Unit, &str)] = &[
+    (
+        "miqat_queue_wait_seconds",
+        Unit::Seconds,
+        "How long admitted holders waited in a wave's waiting room, from the later of their \
+         join and the opening to their admission.",
+    ),
     (
         "miqat_http_request_duration_seconds",
         Unit::Seconds,

@@ -100,6 +100,7 @@ fn season() -> Season {
         },
         stages: vec![(Stage::Documents, 10_000), (Stage::Medical, 20_000)],
         offer_deadline_ms: 5_000,
+        rooms: Vec::new(),
     }
 }
 

@@ -111,6 +111,18 @@ pub enum EngineError {
     /// The holder gave their receipt away in a transfer: they can no longer register.
     #[error("this holder's receipt was transferred to another person; they can no longer register")]
     ReceiptTransferred,
+    /// The holder's wave has no waiting room (they reserve directly).
+    #[error("the wave that admits this holder has no waiting room; reserve directly")]
+    NoWaitingRoom,
+    /// The waiting room does not take joins yet.
+    #[error("the waiting room is not open yet")]
+    QueueNotOpen {
+        /// When it opens for joins.
+        opens_at_ms: i64,
+    },
+    /// Every seat of the holder's province is taken: queuing would be in vain.
+    #[error("every seat of this holder's province is taken; the waiting list is open instead")]
+    ProvinceSoldOut,
     /// The log cannot take more records right now; retry later.
     #[error("the write-ahead log is saturated; retry shortly")]
     Overloaded,
@@ -151,6 +163,9 @@ impl EngineError {
             EngineError::DispatchFrozen => "dispatch_frozen",
             EngineError::ProvinceChangeUnsupported => "province_change_unsupported",
             EngineError::ReceiptTransferred => "receipt_transferred",
+            EngineError::NoWaitingRoom => "no_waiting_room",
+            EngineError::QueueNotOpen { .. } => "queue_not_open",
+            EngineError::ProvinceSoldOut => "province_sold_out",
             EngineError::Overloaded => "overloaded",
             EngineError::LogFailed(_) | EngineError::Config(_) | EngineError::Recovery(_) => {
                 "internal_error"

@@ -33,7 +33,7 @@ mod waitlist;
 
 pub use engine::{
     Committed, Engine, EngineConfig, EngineStats, HolderProfile, ReservationFilter, ReserveOutcome,
-    TransferRequest,
+    RoomOf, RoomStats, TransferRequest,
 };
 pub use error::EngineError;
-pub use machine::TRANSFERS_CLOSE_BEFORE_OPENING_MS;
+pub use machine::{RoomStanding, TRANSFERS_CLOSE_BEFORE_OPENING_MS};

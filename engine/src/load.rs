@@ -29,7 +29,7 @@ use crate::calendar::{
 use crate::catalog::{
     Caravan, Catalog, CatalogBuilder, CityIdx, ProvinceIdx, ReceiptStatus, Route,
 };
-use crate::season::{Schedule, Season, Stage, Wave};
+use crate::season::{Outflow, RoomConfig, Schedule, Season, Stage, Wave};
 
 /// Why a data set was refused.
 #[derive(Debug, thiserror::Error)]
@@ -576,7 +576,21 @@ struct WaveFile {
     provinces: Option<Spanned<Vec<u32>>>,
     #[serde(default)]
     admits_earlier_receipts: bool,
+    room: Option<RoomFile>,
 }
+
+/// `[wave.room]`: the wave's waiting room.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomFile {
+    enabled: Option<bool>,
+    outflow: Option<Spanned<toml::Value>>,
+    pass_lifetime: Option<Spanned<String>>,
+    pre_queue: Option<Spanned<String>>,
+}
+
+/// The most places a fixed outflow may admit per second.
+pub const ROOM_OUTFLOW_PER_SECOND_MAX: f64 = 1_000_000.0;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -630,6 +644,7 @@ pub fn parse_season(text: &str, file_name: &str, catalog: &Catalog) -> Result<Se
     };
     let defaults = Season::default();
     let mut waves = Vec::with_capacity(parsed.wave.len());
+    let mut rooms = Vec::new();
     let mut names = HashSet::new();
     for wave in &parsed.wave {
         let name = wave.name.get_ref().trim();
@@ -662,6 +677,9 @@ pub fn parse_season(text: &str, file_name: &str, catalog: &Catalog) -> Result<Se
             single
                 .validate(catalog)
                 .map_err(|e| at(provinces.span(), "provinces", e))?;
+        }
+        if let Some(room) = &wave.room {
+            rooms.push((name.to_owned(), parse_room(room, &at)?));
         }
         waves.push(built);
     }
@@ -714,6 +732,79 @@ pub fn parse_season(text: &str, file_name: &str, catalog: &Catalog) -> Result<Se
         schedule,
         stages,
         offer_deadline_ms,
+        rooms,
+    })
+}
+
+/// A wave's `[wave.room]`: `enabled` (default true), `outflow` (places per second, a
+/// positive number up to [`ROOM_OUTFLOW_PER_SECOND_MAX`], or `"auto"`, the default),
+/// `pass_lifetime` (a duration of at least one second, default 10m) and `pre_queue` (how long
+/// before the opening holders may join, default 30m). `at` makes an error at a key's span.
+fn parse_room(
+    room: &RoomFile,
+    at: &dyn Fn(std::ops::Range<usize>, &str, String) -> LoadError,
+) -> Result<RoomConfig, LoadError> {
+    let defaults = RoomConfig::default();
+    let outflow = match &room.outflow {
+        None => defaults.outflow,
+        Some(value) => {
+            let rate = match value.get_ref() {
+                toml::Value::String(text) if text.trim() == "auto" => None,
+                toml::Value::Integer(n) => Some(*n as f64),
+                toml::Value::Float(x) => Some(*x),
+                _ => {
+                    return Err(at(
+                        value.span(),
+                        "outflow",
+                        "must be a number of places per second or \"auto\"".to_owned(),
+                    ));
+                }
+            };
+            match rate {
+                None => Outflow::Auto,
+                Some(rate)
+                    if rate.is_finite() && rate > 0.0 && rate <= ROOM_OUTFLOW_PER_SECOND_MAX =>
+                {
+                    Outflow::PerSecond(rate)
+                }
+                Some(rate) => {
+                    return Err(at(
+                        value.span(),
+                        "outflow",
+                        format!(
+                            "{rate} places per second: must be above 0 and at most \
+                             {ROOM_OUTFLOW_PER_SECOND_MAX}"
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    let duration = |value: &Option<Spanned<String>>, key: &str, default: i64, min: i64| {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let ms =
+            parse_duration_ms(value.get_ref()).map_err(|e| at(value.span(), key, e.to_string()))?;
+        if ms < min {
+            return Err(at(
+                value.span(),
+                key,
+                format!("{ms} ms is too short: at least {min} ms"),
+            ));
+        }
+        Ok(ms)
+    };
+    Ok(RoomConfig {
+        enabled: room.enabled.unwrap_or(true),
+        outflow,
+        pass_lifetime_ms: duration(
+            &room.pass_lifetime,
+            "pass_lifetime",
+            defaults.pass_lifetime_ms,
+            1_000,
+        )?,
+        pre_queue_ms: duration(&room.pre_queue, "pre_queue", defaults.pre_queue_ms, 0)?,
     })
 }
 
@@ -796,6 +887,11 @@ fn toml_string(text: &str) -> String {
 /// A schedule that opens a wider cutoff first gets `allow_wider_cutoff_first = true` before
 /// its waves, and a wave that admits earlier receipts says so.
 pub fn schedule_to_toml(schedule: &Schedule) -> String {
+    waves_to_toml(schedule, &[])
+}
+
+/// The `[[wave]]` tables of `schedule`, each followed by its `[wave.room]` from `rooms`.
+fn waves_to_toml(schedule: &Schedule, rooms: &[(String, RoomConfig)]) -> String {
     let mut out = String::new();
     if schedule.check_order().is_err() {
         out.push_str("allow_wider_cutoff_first = true\n\n");
@@ -829,8 +925,25 @@ pub fn schedule_to_toml(schedule: &Schedule) -> String {
         if wave.admits_earlier_receipts {
             out.push_str("admits_earlier_receipts = true\n");
         }
+        if let Some((_, room)) = rooms.iter().find(|(name, _)| *name == wave.name) {
+            out.push_str(&room_to_toml(room));
+        }
     }
     out
+}
+
+/// A `[wave.room]` table that [`parse_room`] reads back to `room`.
+fn room_to_toml(room: &RoomConfig) -> String {
+    let outflow = match room.outflow {
+        Outflow::Auto => "\"auto\"".to_owned(),
+        Outflow::PerSecond(rate) => format!("{rate:?}"),
+    };
+    format!(
+        "[wave.room]\nenabled = {}\noutflow = {outflow}\npass_lifetime = \"{}\"\npre_queue = \"{}\"\n",
+        room.enabled,
+        format_duration_ms(room.pass_lifetime_ms),
+        format_duration_ms(room.pre_queue_ms)
+    )
 }
 
 /// Writes a whole season as a commented `season.toml` that [`parse_season`] reads back to the
@@ -851,9 +964,17 @@ pub fn season_to_toml(season: &Season) -> String {
          #\n\
          # A receipt is called by the first wave (of its province) whose cutoff covers it and\n\
          # registers once that wave opens. A wave with a wider cutoff may not open before one\n\
-         # with a narrower cutoff unless `allow_wider_cutoff_first = true` comes first.\n\n",
+         # with a narrower cutoff unless `allow_wider_cutoff_first = true` comes first.\n\
+         #\n\
+         # A wave's optional [wave.room] puts a waiting room in front of it (docs/waiting-room.md):\n\
+         #   enabled         default true\n\
+         #   outflow         places admitted per second, or \"auto\" (default): as fast as\n\
+         #                   reservations are decided without shedding\n\
+         #   pass_lifetime   how long an admitted holder's pass is valid (default 10m)\n\
+         #   pre_queue       how long before the opening holders may join (default 30m); they\n\
+         #                   are drawn into a random order at the opening\n\n",
     );
-    out.push_str(&schedule_to_toml(&season.schedule));
+    out.push_str(&waves_to_toml(&season.schedule, &season.rooms));
     out.push_str(
         "\n# Deadline of each stage of a hold, counted from the stage's start (units d, h, m, s,\n\
          # ms). A stage left out is skipped; the stages always run in this order.\n\

@@ -14,7 +14,7 @@ use crate::clock::Clock;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::EngineError;
 use crate::machine::{
-    IdempotencyEntry, KeyAnswer, KeyedOp, Profile, Receiver, ShardImage, ShardState,
+    IdempotencyEntry, KeyAnswer, KeyedOp, Profile, Receiver, RoomImage, ShardImage, ShardState,
 };
 use crate::model::{EndReason, Reservation, ReservationId, Status};
 use crate::record::KeyOp;
@@ -26,10 +26,10 @@ use crate::season::Season;
 use crate::waitlist::WaitKey;
 use crate::wal::{self, Storage, TornTail, Wal, WalConfig};
 
-/// Snapshot payload format version written: 3 (each shard ends with its changed profiles:
-/// transfers and dispatch changes). Version 2 (no profiles) and version 1 (waves without
+/// Snapshot payload format version written: 4 (the global part ends with the waiting rooms).
+/// Version 3 (no rooms: read as none), version 2 (no profiles) and version 1 (waves without
 /// flags; keys of reservations only) are still read.
-const SNAPSHOT_VERSION: u32 = 3;
+const SNAPSHOT_VERSION: u32 = 4;
 /// The oldest snapshot payload version still read.
 const SNAPSHOT_VERSION_MIN: u32 = 1;
 
@@ -386,12 +386,19 @@ impl Engine {
     /// Applies one replayed record to shard `s` (the last index is the global shard).
     fn replay(&self, s: usize, record: &Record) -> Result<(), String> {
         if s == self.shards.len() {
-            if !matches!(record, Record::Schedule { .. }) {
-                return Err("only schedule records belong to the global shard".into());
-            }
-            let mut global = self.global.lock();
-            self.apply_schedule(&mut global, record);
-            return Ok(());
+            return match record {
+                Record::Schedule { .. } => {
+                    let mut global = self.global.lock();
+                    self.apply_schedule(&mut global, record);
+                    Ok(())
+                }
+                Record::QueueSeed { .. } | Record::QueueJoin { .. } | Record::QueueAdmit { .. } => {
+                    self.rooms.lock().apply(record)
+                }
+                _ => {
+                    Err("only schedule and waiting-room records belong to the global shard".into())
+                }
+            };
         }
         if matches!(record, Record::Schedule { .. }) {
             return Err("a schedule record in a province shard".into());
@@ -441,6 +448,7 @@ impl Engine {
             put_u64(&mut out, cut);
             out.push(u8::from(self.schedule_replaced.load(Ordering::Acquire)));
             encode_waves(&mut out, &global.waves, WaveLayout::V2);
+            encode_rooms(&mut out, &self.rooms.lock());
         }
         for (p, shard) in self.shards.iter().enumerate() {
             let st = shard.state.lock();
@@ -468,6 +476,7 @@ impl Engine {
         let schedule = Arc::new(self.season.schedule.clone());
         *self.global.lock() = Arc::clone(&schedule);
         self.schedule_replaced.store(false, Ordering::Release);
+        *self.rooms.lock() = crate::machine::Rooms::default();
         for (p, shard) in self.shards.iter().enumerate() {
             let (first, last) = ranges[p];
             let fresh = crate::machine::Shard::new(
@@ -520,6 +529,13 @@ impl Engine {
         cuts[shards] = r.u64()?;
         let replaced = r.u8()? != 0;
         let waves = decode_waves(&mut r, layout)?;
+        if version >= 4 {
+            let mut rooms = self.rooms.lock();
+            *rooms = crate::machine::Rooms::default();
+            for image in decode_rooms(&mut r)? {
+                rooms.restore(image)?;
+            }
+        }
         if replaced {
             // The schedule in force when the snapshot was taken, applied as its record would be.
             let record = Record::Schedule { at_ms: 0, waves };
@@ -587,6 +603,59 @@ fn reset_counters(from: &crate::machine::ShardCounters, to: &crate::machine::Sha
         from.next_deadline_ms.load(Ordering::Relaxed),
         Ordering::SeqCst,
     );
+}
+
+/// The waiting rooms (version 4): `u32 count`, then per room `bytes wave, i64 opens_at,
+/// u64 seed, i64 outflow_since, u32 joins, (u32 holder, i64 at)*, u32 admissions,
+/// (u64 admitted, i64 at)*`.
+fn encode_rooms(out: &mut Vec<u8>, rooms: &crate::machine::Rooms) {
+    let rooms: Vec<RoomImage> = rooms.iter().map(|room| room.image()).collect();
+    put_u32(out, rooms.len() as u32);
+    for room in rooms {
+        put_bytes(out, room.wave.as_bytes());
+        put_i64(out, room.opens_at_ms);
+        put_u64(out, room.seed);
+        put_i64(out, room.outflow_since_ms);
+        put_u32(out, room.joins.len() as u32);
+        for (holder, at_ms) in &room.joins {
+            put_u32(out, holder.0);
+            put_i64(out, *at_ms);
+        }
+        put_u32(out, room.admissions.len() as u32);
+        for (admitted, at_ms) in &room.admissions {
+            put_u64(out, *admitted);
+            put_i64(out, *at_ms);
+        }
+    }
+}
+
+fn decode_rooms(r: &mut Reader<'_>) -> Result<Vec<RoomImage>, String> {
+    let count = r.u32()? as usize;
+    let mut rooms = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let wave = r.text("a room's wave name")?;
+        let opens_at_ms = r.i64()?;
+        let seed = r.u64()?;
+        let outflow_since_ms = r.i64()?;
+        let joins = r.u32()? as usize;
+        let mut image = RoomImage {
+            wave,
+            opens_at_ms,
+            seed,
+            joins: Vec::with_capacity(joins.min(1 << 20)),
+            admissions: Vec::new(),
+            outflow_since_ms,
+        };
+        for _ in 0..joins {
+            image.joins.push((HolderIdx(r.u32()?), r.i64()?));
+        }
+        let admissions = r.u32()? as usize;
+        for _ in 0..admissions {
+            image.admissions.push((r.u64()?, r.i64()?));
+        }
+        rooms.push(image);
+    }
+    Ok(rooms)
 }
 
 fn encode_shard(out: &mut Vec<u8>, st: &ShardState) {

@@ -126,6 +126,27 @@ pub enum Record {
         city: CityIdx,
         principal: Vec<u8>,
     },
+    /// The waiting room of wave `wave` opened with `seed` (drawn from the operating system,
+    /// outside the state machine) for a wave opening at `opens_at_ms`: logged on the global
+    /// shard before any place is given, so a replay draws the same order.
+    QueueSeed {
+        wave: String,
+        at_ms: i64,
+        opens_at_ms: i64,
+        seed: u64,
+    },
+    /// `holder` joined wave `wave`'s waiting room. Logged on the global shard.
+    QueueJoin {
+        wave: String,
+        holder: HolderIdx,
+        at_ms: i64,
+    },
+    /// Wave `wave`'s room now admits every place below `admitted`. Logged on the global shard.
+    QueueAdmit {
+        wave: String,
+        at_ms: i64,
+        admitted: u64,
+    },
 }
 
 /// The one-byte record kinds on disk.
@@ -149,6 +170,12 @@ pub mod kind {
     pub const TRANSFER: u8 = 10;
     /// A dispatch-city change.
     pub const DISPATCH: u8 = 11;
+    /// A waiting room's seed.
+    pub const QUEUE_SEED: u8 = 12;
+    /// A holder joined a waiting room.
+    pub const QUEUE_JOIN: u8 = 13;
+    /// A waiting room's outflow moved on.
+    pub const QUEUE_ADMIT: u8 = 14;
 }
 
 /// How a wave list is laid out on disk.
@@ -177,6 +204,9 @@ impl Record {
             Record::Schedule { .. } => kind::SCHEDULE_V2,
             Record::Transfer { .. } => kind::TRANSFER,
             Record::Dispatch { .. } => kind::DISPATCH,
+            Record::QueueSeed { .. } => kind::QUEUE_SEED,
+            Record::QueueJoin { .. } => kind::QUEUE_JOIN,
+            Record::QueueAdmit { .. } => kind::QUEUE_ADMIT,
         }
     }
 
@@ -189,7 +219,10 @@ impl Record {
             | Record::Join { at_ms, .. }
             | Record::Schedule { at_ms, .. }
             | Record::Transfer { at_ms, .. }
-            | Record::Dispatch { at_ms, .. } => *at_ms,
+            | Record::Dispatch { at_ms, .. }
+            | Record::QueueSeed { at_ms, .. }
+            | Record::QueueJoin { at_ms, .. }
+            | Record::QueueAdmit { at_ms, .. } => *at_ms,
         }
     }
 
@@ -203,7 +236,10 @@ impl Record {
             Record::Join { .. }
             | Record::Schedule { .. }
             | Record::Transfer { .. }
-            | Record::Dispatch { .. } => None,
+            | Record::Dispatch { .. }
+            | Record::QueueSeed { .. }
+            | Record::QueueJoin { .. }
+            | Record::QueueAdmit { .. } => None,
         }
     }
 
@@ -300,6 +336,35 @@ impl Record {
                 put_u32(out, city.0);
                 put_bytes(out, principal);
             }
+            Record::QueueSeed {
+                wave,
+                at_ms,
+                opens_at_ms,
+                seed,
+            } => {
+                put_bytes(out, wave.as_bytes());
+                put_i64(out, *at_ms);
+                put_i64(out, *opens_at_ms);
+                put_u64(out, *seed);
+            }
+            Record::QueueJoin {
+                wave,
+                holder,
+                at_ms,
+            } => {
+                put_bytes(out, wave.as_bytes());
+                put_u32(out, holder.0);
+                put_i64(out, *at_ms);
+            }
+            Record::QueueAdmit {
+                wave,
+                at_ms,
+                admitted,
+            } => {
+                put_bytes(out, wave.as_bytes());
+                put_i64(out, *at_ms);
+                put_u64(out, *admitted);
+            }
         }
     }
 
@@ -376,6 +441,22 @@ impl Record {
                 at_ms: r.i64()?,
                 city: CityIdx(r.u32()?),
                 principal: r.bytes()?.to_vec(),
+            },
+            kind::QUEUE_SEED => Record::QueueSeed {
+                wave: r.text("wave name")?,
+                at_ms: r.i64()?,
+                opens_at_ms: r.i64()?,
+                seed: r.u64()?,
+            },
+            kind::QUEUE_JOIN => Record::QueueJoin {
+                wave: r.text("wave name")?,
+                holder: HolderIdx(r.u32()?),
+                at_ms: r.i64()?,
+            },
+            kind::QUEUE_ADMIT => Record::QueueAdmit {
+                wave: r.text("wave name")?,
+                at_ms: r.i64()?,
+                admitted: r.u64()?,
             },
             other => return Err(format!("unknown record kind {other}")),
         };
@@ -590,6 +671,11 @@ impl<'a> Reader<'a> {
     pub fn bytes(&mut self) -> Result<&'a [u8], String> {
         let len = usize::from(self.u16()?);
         self.take(len)
+    }
+
+    /// A length-prefixed UTF-8 string; `what` names it in the error.
+    pub fn text(&mut self, what: &str) -> Result<String, String> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| format!("{what} is not UTF-8"))
     }
 
     /// Returns an error if and only if bytes are left over.

@@ -250,6 +250,23 @@ impl Schedule {
         }
     }
 
+    /// The index of the wave whose opening lets the holder of a receipt dated `receipt_day`
+    /// in province `province_id` register: among the waves that would admit them (see
+    /// [`Schedule::eligibility`]), the one opening first (the first in file order on a tie).
+    /// `None` if no wave admits them.
+    pub fn admitting_wave(&self, province_id: u32, receipt_day: i32) -> Option<usize> {
+        let covering = || {
+            self.waves.iter().enumerate().filter(move |(_, w)| {
+                w.includes(province_id) && w.receipts_until_day >= receipt_day
+            })
+        };
+        let calling_cutoff = covering().map(|(_, w)| w.receipts_until_day).min()?;
+        covering()
+            .filter(|(_, w)| w.receipts_until_day == calling_cutoff || w.admits_earlier_receipts)
+            .min_by_key(|(i, w)| (w.opens_at_ms, *i))
+            .map(|(i, _)| i)
+    }
+
     /// The schedule as one province sees it, precomputed for [`ProvinceCalls::eligibility`],
     /// which every reservation asks.
     pub fn province_calls(&self, province_id: u32) -> ProvinceCalls {
@@ -388,6 +405,58 @@ pub struct Season {
     pub stages: Vec<(Stage, i64)>,
     /// How long a waiting-list offer stays open, in milliseconds.
     pub offer_deadline_ms: i64,
+    /// The waiting rooms, by wave name: a wave without an entry (or with one switched off)
+    /// has no room, and its holders reserve directly.
+    pub rooms: Vec<(String, RoomConfig)>,
+}
+
+/// How a wave's waiting room lets holders through.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outflow {
+    /// Admit this many places per second.
+    PerSecond(f64),
+    /// Admit as fast as reservations are being decided without shedding (the API measures
+    /// it and passes the rate in).
+    Auto,
+}
+
+impl Eq for Outflow {}
+
+/// One wave's waiting room (`[wave.room]` in `season.toml`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoomConfig {
+    /// Whether the room is on (a room switched off is no room at all).
+    pub enabled: bool,
+    /// How places are admitted.
+    pub outflow: Outflow,
+    /// How long a pass stays valid once issued, in milliseconds.
+    pub pass_lifetime_ms: i64,
+    /// How long before the wave's opening holders may join (and are drawn at random), in
+    /// milliseconds.
+    pub pre_queue_ms: i64,
+}
+
+impl Default for RoomConfig {
+    /// On, automatic outflow, passes valid 10 minutes, joining from 30 minutes before the
+    /// opening.
+    fn default() -> RoomConfig {
+        RoomConfig {
+            enabled: true,
+            outflow: Outflow::Auto,
+            pass_lifetime_ms: 10 * 60_000,
+            pre_queue_ms: 30 * 60_000,
+        }
+    }
+}
+
+impl Season {
+    /// The room of the wave named `wave`, if it has one that is on.
+    pub fn room(&self, wave: &str) -> Option<&RoomConfig> {
+        self.rooms
+            .iter()
+            .find(|(name, room)| name == wave && room.enabled)
+            .map(|(_, room)| room)
+    }
 }
 
 impl Season {
@@ -413,6 +482,7 @@ impl Default for Season {
                 (Stage::FinalPayment, 30 * 24 * HOUR_MS),
             ],
             offer_deadline_ms: 24 * HOUR_MS,
+            rooms: Vec::new(),
         }
     }
 }

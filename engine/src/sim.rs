@@ -799,5 +799,6 @@ fn random_season(rng: &mut ChaCha8Rng) -> Season {
             .map(|&s| (s, rng.random_range(5_000..60_000)))
             .collect(),
         offer_deadline_ms: rng.random_range(3_000..30_000),
+        rooms: Vec::new(),
     }
 }

@@ -880,6 +880,13 @@ fn snapshot_counts(payload: &[u8]) -> [usize; 3] {
                 4 * provinces as usize
             } + 1;
     }
+    // The waiting rooms (snapshot version 4): the corpus has none.
+    assert_eq!(
+        u32_at(payload, at),
+        Some(0),
+        "rooms in the corpus's snapshot"
+    );
+    at += 4;
     at += 8 + 8; // cut, next_join_seq
     let reservations_at = at;
     let n = u32_at(payload, at).unwrap() as usize;

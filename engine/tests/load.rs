@@ -14,7 +14,7 @@ use miqat_engine::load::{
     LoadError, load_catalog, load_catalog_with_report, load_season, parse_season, schedule_to_toml,
     season_to_toml,
 };
-use miqat_engine::season::{HOUR_MS, Schedule, Season, Stage, Wave};
+use miqat_engine::season::{HOUR_MS, Outflow, RoomConfig, Schedule, Season, Stage, Wave};
 
 const PROVINCES: &str = "id,name_en,name_fa\n1,Tehran,تهران\n2,Qom,قم\n";
 const CARAVANS: &str = "\
@@ -668,6 +668,65 @@ fn season_refusals_name_line_and_key() {
     assert!(message.contains("season.toml line 1"), "{message}");
 }
 
+/// `SEASON` with `room` as the first wave's `[wave.room]` table (its keys start at line 7).
+fn with_room(room: &str) -> String {
+    SEASON.replacen(
+        "opens_at = \"1398/12/09 10:00\"\n",
+        &format!("opens_at = \"1398/12/09 10:00\"\n[wave.room]\n{room}"),
+        1,
+    )
+}
+
+#[test]
+fn a_wave_room_parses_with_defaults_and_bad_values_are_refused() {
+    let season = parse(&with_room("")).unwrap();
+    assert_eq!(
+        season.rooms,
+        vec![("main".to_owned(), RoomConfig::default())]
+    );
+    assert_eq!(season.room("main"), Some(&RoomConfig::default()));
+    assert_eq!(season.room("reserve-tehran"), None);
+    let season = parse(&with_room(
+        "outflow = 40\npass_lifetime = \"2m\"\npre_queue = \"1h\"\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        season.room("main"),
+        Some(&RoomConfig {
+            enabled: true,
+            outflow: Outflow::PerSecond(40.0),
+            pass_lifetime_ms: 120_000,
+            pre_queue_ms: HOUR_MS,
+        })
+    );
+    let off = parse(&with_room("enabled = false\n")).unwrap();
+    assert_eq!(off.room("main"), None, "a room switched off is no room");
+    assert!(
+        parse(&with_room("outflow = \"auto\"\n"))
+            .unwrap()
+            .room("main")
+            .is_some()
+    );
+
+    refuse_season(&with_room("outflow = 0\n"), 7, "outflow", "above 0");
+    refuse_season(&with_room("outflow = -3.5\n"), 7, "outflow", "above 0");
+    refuse_season(&with_room("outflow = \"fast\"\n"), 7, "outflow", "\"auto\"");
+    refuse_season(&with_room("outflow = 1e9\n"), 7, "outflow", "at most");
+    refuse_season(
+        &with_room("pass_lifetime = \"500ms\"\n"),
+        7,
+        "pass_lifetime",
+        "too short",
+    );
+    refuse_season(
+        &with_room("pre_queue = \"soon\"\n"),
+        7,
+        "pre_queue",
+        "invalid duration",
+    );
+    refuse_season(&with_room("outflw = 3\n"), 7, "outflw", "unknown field");
+}
+
 #[test]
 fn schedule_and_season_round_trip() {
     let ms = |text: &str| parse_tehran_datetime(text).unwrap();
@@ -716,6 +775,15 @@ fn schedule_and_season_round_trip() {
             (Stage::FinalPayment, 10 * 24 * HOUR_MS),
         ],
         offer_deadline_ms: 1500,
+        rooms: vec![(
+            "afternoon".to_owned(),
+            RoomConfig {
+                enabled: true,
+                outflow: Outflow::PerSecond(12.5),
+                pass_lifetime_ms: 90_000,
+                pre_queue_ms: HOUR_MS,
+            },
+        )],
     };
     let text = season_to_toml(&season);
     assert_eq!(parse(&text).unwrap(), season, "{text}");

@@ -29,6 +29,9 @@ pub struct Wave {
     /// false). Left out of a PUT when false, so servers that predate it accept the body.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub admits_earlier_receipts: bool,
+    /// Whether the wave has a waiting room (missing: false); never sent back.
+    #[serde(default, skip_serializing)]
+    pub waiting_room: bool,
 }
 
 impl Wave {

@@ -126,6 +126,10 @@ async fn resolve_unanswered(
 ) -> anyhow::Result<u64> {
     let mut resolved = 0;
     for request in &recorded.unanswered {
+        let mut headers = vec![("idempotency-key", request.key.as_str())];
+        if let Some(pass) = &request.pass {
+            headers.push(("miqat-queue-pass", pass.as_str()));
+        }
         let mut answer = None;
         let give_up = std::time::Instant::now() + Duration::from_secs(60);
         while answer.is_none() && std::time::Instant::now() < give_up {
@@ -133,7 +137,7 @@ async fn resolve_unanswered(
                 .send(
                     Method::POST,
                     "/v1/reservations",
-                    &[("idempotency-key", request.key.as_str())],
+                    &headers,
                     Some(Bytes::from(request.body.clone())),
                 )
                 .await;
@@ -430,6 +434,7 @@ mod tests {
             opens_at: opens.to_string(),
             provinces,
             admits_earlier_receipts: admits,
+            waiting_room: false,
         }
     }
 

@@ -17,6 +17,8 @@ use crate::outcome::{Endpoint, Outcome};
 use crate::plan::Journey;
 use crate::recorder::{Acknowledged, Ending, Unanswered};
 
+mod room;
+
 /// Reservation attempts (caravans tried) per journey at most.
 const RESERVE_ATTEMPTS_MAX: u32 = 6;
 /// Retries of one request after 429/503 at most.
@@ -34,6 +36,8 @@ pub struct Context {
     pub key_prefix: String,
     /// `Bearer <token>` for operator events; `None` skips them.
     pub operator_authorization: Option<String>,
+    /// The server's wave has a waiting room: holders join it and reserve with its pass.
+    pub waiting_room: bool,
 }
 
 impl Context {
@@ -93,6 +97,8 @@ struct Walk<'a> {
     last_intended: Instant,
     /// Reservation attempts so far: each gets its own `Idempotency-Key`.
     attempts: u32,
+    /// The waiting room's pass, once admitted.
+    pass: Option<String>,
 }
 
 enum Seat {
@@ -112,6 +118,7 @@ pub async fn run(ctx: Arc<Context>, j: Journey) {
         decided: None,
         last_intended: ctx.at(j.start_ms),
         attempts: 0,
+        pass: None,
     };
     let (ending, seat) = walk.play().await;
     // Time to a seat measures the rush, so seats from a waiting list (minutes later) are not
@@ -142,7 +149,14 @@ impl<'a> Walk<'a> {
     }
 
     async fn play(&mut self) -> (Ending, Option<(String, Instant)>) {
-        if let Some(seat) = self.wait_for_opening().await {
+        if self.ctx.waiting_room {
+            match self.through_room().await {
+                room::Exit::Admitted => {}
+                room::Exit::SoldOut if self.j.waitlist => return self.wait_list().await,
+                room::Exit::SoldOut => return (Ending::SoldOut, None),
+                room::Exit::Failed => return (Ending::Failed, None),
+            }
+        } else if let Some(seat) = self.wait_for_opening().await {
             return (Ending::Seated, Some(seat));
         }
         let act = self.next_after(self.ctx.at(self.j.act_ms));
@@ -340,7 +354,11 @@ impl<'a> Walk<'a> {
         };
         let body = reserve_body(&self.j.national_id, tracking_code, caravan);
         let key = format!("{}-{}-{key_suffix}", self.ctx.key_prefix, self.j.id);
-        let headers = [("idempotency-key", key.as_str())];
+        let pass = self.pass.clone();
+        let mut headers = vec![("idempotency-key", key.as_str())];
+        if let Some(pass) = &pass {
+            headers.push((room::PASS_HEADER, pass.as_str()));
+        }
         let answer = self
             .send(Call {
                 endpoint: Endpoint::Reserve,
@@ -358,6 +376,7 @@ impl<'a> Walk<'a> {
                 key,
                 body: String::from_utf8_lossy(&body).into_owned(),
                 national_id: self.j.national_id.clone(),
+                pass: self.pass.clone(),
             });
         }
         answer
@@ -429,6 +448,14 @@ impl<'a> Walk<'a> {
                     return Seat::Lost(Ending::NotCalled);
                 }
                 (409, Some("registration_ended")) => return Seat::Lost(Ending::SoldOut),
+                (403, Some("queue_pass_required" | "queue_pass_expired")) => {
+                    // The room (again): queue, then try the same caravan with the pass.
+                    match self.through_room().await {
+                        room::Exit::Admitted => candidate = Some(caravan),
+                        room::Exit::SoldOut => return Seat::Lost(Ending::SoldOut),
+                        room::Exit::Failed => return Seat::Lost(Ending::Failed),
+                    }
+                }
                 _ => return Seat::Lost(Ending::Failed),
             }
         }
@@ -453,6 +480,7 @@ impl<'a> Walk<'a> {
             decided: None,
             last_intended: self.last_intended,
             attempts: self.attempts,
+            pass: self.pass.clone(),
         };
         let (first, second) = tokio::join!(
             self.reserve_once(caravan, key_suffix, false, at),

@@ -116,11 +116,15 @@ pub enum Endpoint {
     Read,
     /// `POST /v1/reservations/{id}/events` (operator).
     Event,
+    /// `POST /v1/queue`.
+    QueueJoin,
+    /// `GET /v1/queue/me`.
+    QueuePoll,
 }
 
 impl Endpoint {
     /// Every endpoint, in report order.
-    pub const ALL: [Endpoint; 8] = [
+    pub const ALL: [Endpoint; 10] = [
         Endpoint::List,
         Endpoint::Reserve,
         Endpoint::WaitlistJoin,
@@ -129,6 +133,8 @@ impl Endpoint {
         Endpoint::Cancel,
         Endpoint::Read,
         Endpoint::Event,
+        Endpoint::QueueJoin,
+        Endpoint::QueuePoll,
     ];
 
     /// The endpoint's name in reports and `--slo` gates.
@@ -142,6 +148,8 @@ impl Endpoint {
             Endpoint::Cancel => "cancel",
             Endpoint::Read => "read",
             Endpoint::Event => "event",
+            Endpoint::QueueJoin => "queue_join",
+            Endpoint::QueuePoll => "queue_poll",
         }
     }
 

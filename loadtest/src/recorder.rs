@@ -77,6 +77,8 @@ pub struct Unanswered {
     pub body: String,
     /// The holder.
     pub national_id: String,
+    /// The waiting-room pass it carried, if any.
+    pub pass: Option<String>,
 }
 
 /// A seat taken directly, for the first-come-first-served check.

@@ -116,7 +116,13 @@ pub async fn play(plan: &Plan, options: &RunOptions) -> anyhow::Result<Played> {
         Arc::clone(&recorder),
         &options.tls,
     )?);
+    // Journeys go through the waiting room when a wave of the server has one.
+    let waiting_room = admin
+        .waves()
+        .await
+        .is_ok_and(|waves| waves.iter().any(|w| w.waiting_room));
     let ctx = Arc::new(Context {
+        waiting_room,
         http,
         opening,
         key_prefix: plan.header.key_prefix.clone(),

@@ -102,6 +102,15 @@ pub struct ServerSample {
     pub cpu_cores: f64,
     /// Resident memory at the scrape, MiB.
     pub resident_mib: f64,
+    /// Holders in the waiting rooms not yet admitted, at the scrape (0 without a room).
+    #[serde(default)]
+    pub queue_length: f64,
+    /// Places the waiting rooms admitted per second over the interval.
+    #[serde(default)]
+    pub queue_admitted_per_s: f64,
+    /// Median wait of the holders admitted over the interval, seconds; 0 if none.
+    #[serde(default)]
+    pub queue_wait_p50_s: f64,
 }
 
 /// What the sampler gathered.
@@ -123,6 +132,9 @@ struct Scrape {
     in_flight: f64,
     cpu_seconds: f64,
     resident_bytes: f64,
+    queue_length: f64,
+    queue_admitted: f64,
+    queue_wait: Vec<(f64, f64)>,
 }
 
 impl Scrape {
@@ -150,6 +162,9 @@ impl Scrape {
             in_flight: sum("miqat_requests_in_flight", &|_| true),
             cpu_seconds: sum("process_cpu_seconds_total", &|_| true),
             resident_bytes: sum("process_resident_memory_bytes", &|_| true),
+            queue_length: sum("miqat_queue_length", &|_| true),
+            queue_admitted: sum("miqat_queue_admitted_total", &|_| true),
+            queue_wait: buckets(samples, "miqat_queue_wait_seconds_bucket", &|_| true),
         }
     }
 }
@@ -225,6 +240,9 @@ fn interval(before: &Scrape, now: &Scrape) -> ServerSample {
         in_flight: now.in_flight,
         cpu_cores: per_s(now.cpu_seconds, before.cpu_seconds),
         resident_mib: now.resident_bytes / (1024.0 * 1024.0),
+        queue_length: now.queue_length,
+        queue_admitted_per_s: per_s(now.queue_admitted, before.queue_admitted),
+        queue_wait_p50_s: quantile_ms(0.5, &now.queue_wait, &before.queue_wait) / 1000.0,
     }
 }
 

@@ -765,3 +765,88 @@ fn serve_refuses_a_missing_catalog_and_warns_without_durability() {
     );
     assert!(stderr.contains("stopped cleanly"), "{stderr}");
 }
+
+/// The waiting room as a holder meets it: the generated season with a room on its main wave
+/// (open already), a reservation refused without a pass, joining, polling as `Retry-After`
+/// says until admitted, and reserving with the pass; another holder cannot use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_room_admits_holders_who_then_reserve_with_their_pass_over_http() {
+    let data = DataSet::generate(5_000, 900, 12);
+    let work = tempfile::tempdir().unwrap();
+    let mut season = std::fs::read_to_string(data.path().join("season.toml")).unwrap();
+    let second_wave = season.match_indices("\n[[wave]]").nth(1).unwrap().0 + 1;
+    season.insert_str(
+        second_wave,
+        "[wave.room]\noutflow = 50\npass_lifetime = \"5m\"\n\n",
+    );
+    let season_path = work.path().join("season.toml");
+    std::fs::write(&season_path, season).unwrap();
+    let server = Server::start(&ServerOptions {
+        catalog: data.path(),
+        data_dir: &work.path().join("data"),
+        log_dir: work.path(),
+        name: "room",
+        extra_args: vec!["--season".into(), season_path.display().to_string()],
+    });
+    let http = Http::new(server.addr);
+    let waves = http.get("/v1/waves", &[]).await.json();
+    assert_eq!(waves[0]["waiting_room"], true, "{waves}");
+
+    let by_city = data.caravans_by_city();
+    let mut eligible = data
+        .holders
+        .iter()
+        .filter(|h| h.eligible() && by_city.contains_key(&(h.province_id, h.city.clone())));
+    let holder = eligible.next().unwrap().clone();
+    let other = eligible.next().unwrap().clone();
+    let caravan = by_city[&(holder.province_id, holder.city.clone())][0]
+        .id
+        .clone();
+
+    let refused = http
+        .post("/v1/reservations", &[], &reserve_body(&holder, &caravan))
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.describe());
+    assert_eq!(refused.code().as_deref(), Some("queue_pass_required"));
+
+    let joined = http
+        .post("/v1/queue", &[], &credentials_body(&holder))
+        .await;
+    assert_eq!(joined.status, 200, "{}", joined.describe());
+    let mut pass = None;
+    for _ in 0..60 {
+        let me = http.get("/v1/queue/me", &holder_headers(&holder)).await;
+        assert_eq!(me.status, 200, "{}", me.describe());
+        let json = me.json();
+        if json["status"] == "admitted" {
+            pass = json["pass"].as_str().map(str::to_owned);
+            break;
+        }
+        let wait: u64 = me
+            .header("retry-after")
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(wait.min(2))).await;
+    }
+    let pass = pass.expect("admitted within a minute at 50 places a second");
+    let not_yours = http
+        .post(
+            "/v1/reservations",
+            &[("miqat-queue-pass", &pass)],
+            &reserve_body(&other, &caravan),
+        )
+        .await;
+    assert_eq!(not_yours.code().as_deref(), Some("queue_pass_not_yours"));
+    let reserved = http
+        .post(
+            "/v1/reservations",
+            &[("miqat-queue-pass", &pass)],
+            &reserve_body(&holder, &caravan),
+        )
+        .await;
+    assert_eq!(reserved.status, 201, "{}", reserved.describe());
+    let metrics = http.get("/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(text.contains("miqat_queue_admitted_total"), "{text}");
+    assert!(text.contains("# HELP miqat_queue_wait_seconds"), "{text}");
+}

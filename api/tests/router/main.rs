@@ -18,6 +18,7 @@ mod errors;
 mod events;
 mod limits;
 mod operations;
+mod queue;
 mod reservations;
 mod roles;
 mod transfers;

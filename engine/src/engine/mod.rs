@@ -26,12 +26,14 @@ mod holders;
 mod ops;
 mod reads;
 mod replicated;
+mod room;
 
 use derived::price_ranks;
 pub(crate) use derived::receipt_day_ranges;
 pub use holders::{HolderProfile, PRINCIPAL_BYTES_MAX, TRACKING_CODE_BYTES_MAX, TransferRequest};
 pub use reads::{EngineStats, ReservationFilter};
 pub use replicated::{WriteAnswer, WriteCommand};
+pub use room::{RoomOf, RoomStats};
 
 /// The longest `Idempotency-Key` accepted, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
@@ -142,6 +144,9 @@ pub struct Engine {
     pub(crate) receipt_index: std::sync::OnceLock<Vec<HolderIdx>>,
     /// Set, for good, once `transfers` holds a transfer.
     pub(crate) any_transfer: AtomicBool,
+    /// The waiting rooms (state of the global shard beside the schedule); taken after
+    /// `global` when both are.
+    pub(crate) rooms: parking_lot::Mutex<crate::machine::Rooms>,
 }
 
 /// How `record` ends a waiting-list offer, if it does: `accepted`, `lapsed` or `declined`.
@@ -262,6 +267,7 @@ impl Engine {
             expiry_wake: (parking_lot::Mutex::new(false), parking_lot::Condvar::new()),
             expiry_planned_ms: AtomicI64::new(i64::MIN),
             transfers: parking_lot::RwLock::new(holders::TransferIndex::default()),
+            rooms: parking_lot::Mutex::new(crate::machine::Rooms::default()),
             receipt_index: std::sync::OnceLock::new(),
             any_transfer: AtomicBool::new(false),
         })

@@ -13,11 +13,14 @@
 
 mod decide;
 mod holders;
+mod room;
 mod state;
 
 pub(crate) use decide::{Command, Decision, Reply, decide, decide_schedule};
 pub use holders::TRANSFERS_CLOSE_BEFORE_OPENING_MS;
 pub(crate) use holders::{Profile, ProfileChange, Receiver, decide_profile_change};
+pub use room::RoomStanding;
+pub(crate) use room::{JoinDecision, RoomImage, Rooms};
 pub(crate) use state::{
     IdempotencyEntry, KeyAnswer, KeyedOp, Shard, ShardCounters, ShardImage, ShardState,
 };

@@ -527,6 +527,9 @@ impl ShardState {
                 );
             }
             Record::Transfer { .. } | Record::Dispatch { .. } => self.apply_profile(ctx, record)?,
+            Record::QueueSeed { .. } | Record::QueueJoin { .. } | Record::QueueAdmit { .. } => {
+                return Err("a waiting-room record belongs to the global shard".into());
+            }
         }
         Ok(())
     }

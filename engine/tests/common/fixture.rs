@@ -584,6 +584,7 @@ impl Parts {
                 schedule: Schedule { waves: self.waves },
                 stages,
                 offer_deadline_ms,
+                rooms: Vec::new(),
             },
             ids: self.ids,
         }

@@ -15,8 +15,10 @@ use crate::summary::ClusterReport;
 use crate::tls::check_target;
 
 /// Sends of one write at most: the first and its resends after a redirect, a lost
-/// connection or an unknown outcome (the request's timeout bounds them too).
-const WRITE_SENDS_MAX: u32 = 10;
+/// connection or an unknown outcome (the request's timeout bounds them too). While a dead
+/// leader is still named by the others, a write goes back and forth between them, one pause
+/// per round: 24 sends span about 8 s of backoff, longer than an election takes.
+const WRITE_SENDS_MAX: u32 = 24;
 /// The first pause before a resend; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 /// The longest pause before a resend.

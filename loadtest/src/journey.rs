@@ -151,7 +151,7 @@ impl<'a> Walk<'a> {
     async fn play(&mut self) -> (Ending, Option<(String, Instant)>) {
         if self.ctx.waiting_room {
             match self.through_room().await {
-                room::Exit::Admitted => {}
+                room::Exit::Admitted | room::Exit::NoRoom => {}
                 room::Exit::SoldOut if self.j.waitlist => return self.wait_list().await,
                 room::Exit::SoldOut => return (Ending::SoldOut, None),
                 room::Exit::Failed => return (Ending::Failed, None),
@@ -451,7 +451,7 @@ impl<'a> Walk<'a> {
                 (403, Some("queue_pass_required" | "queue_pass_expired")) => {
                     // The room (again): queue, then try the same caravan with the pass.
                     match self.through_room().await {
-                        room::Exit::Admitted => candidate = Some(caravan),
+                        room::Exit::Admitted | room::Exit::NoRoom => candidate = Some(caravan),
                         room::Exit::SoldOut => return Seat::Lost(Ending::SoldOut),
                         room::Exit::Failed => return Seat::Lost(Ending::Failed),
                     }

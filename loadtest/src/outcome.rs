@@ -94,6 +94,9 @@ fn is_rush_refusal(code: &str) -> bool {
             | "registration_ended"
             | "not_waiting"
             | "invalid_transition"
+            // The waiting room: a sold-out province, or a wave without a room.
+            | "province_sold_out"
+            | "no_waiting_room"
     )
 }
 

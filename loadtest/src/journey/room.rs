@@ -28,6 +28,8 @@ pub(super) enum Exit {
     Admitted,
     /// Every seat of the province is taken.
     SoldOut,
+    /// The holder's wave has no room (another wave admits them): reserve without a pass.
+    NoRoom,
     /// No answer, or one the protocol does not expect.
     Failed,
 }
@@ -76,6 +78,7 @@ impl Walk<'_> {
                     at = self.last_done + self.poll_wait(&answer);
                 }
                 (409, Some("province_sold_out")) => return Exit::SoldOut,
+                (409, Some("no_waiting_room")) => return Exit::NoRoom,
                 _ => return Exit::Failed,
             }
         }

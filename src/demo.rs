@@ -275,9 +275,30 @@ fn print_waiting_room(
     for sample in samples.iter().step_by(step) {
         println!(
             "           {:>5.0}   {:>7.0}   {:>10.1}   {:>15.1}",
-            sample.t_s, sample.queue_length, sample.queue_admitted_per_s, sample.queue_wait_p50_s
+            sample.t_s,
+            // A sum over no room yet is -0.0; a length is never negative.
+            sample.queue_length.abs(),
+            sample.queue_admitted_per_s,
+            sample.queue_wait_p50_s
         );
     }
+}
+
+/// The process's metrics recorder, installed at the first server's start and kept for the
+/// restarted one (a process has one recorder), so the load tester's samples of `/metrics`
+/// see the server's own figures.
+fn demo_metrics() -> Option<miqat_api::telemetry::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<miqat_api::telemetry::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| match miqat_api::telemetry::install() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                eprintln!("demo: no server metrics in the report: {e}");
+                None
+            }
+        })
+        .clone()
 }
 
 /// The server and engine of the demo, on their own runtime.
@@ -317,7 +338,7 @@ impl InProcessServer {
                 max_in_flight: DEMO_MAX_IN_FLIGHT,
                 ..ApiConfig::default()
             },
-            None,
+            demo_metrics(),
         );
         state.set_engine(Arc::clone(&engine));
         let listener = runtime

@@ -135,8 +135,13 @@ impl Waitlist {
                 self.by_city.remove(&city);
             } else {
                 let entries = &self.entries;
+                // Live means waiting now with this very key in this very city: a holder who
+                // left and came back elsewhere with the same key (a restore) must not revive
+                // the entry left behind here.
                 let waiting = |&Reverse((k, h)): &Reverse<(WaitKey, HolderIdx)>| {
-                    entries.get(&h).is_some_and(|&(live, _)| live == k)
+                    entries
+                        .get(&h)
+                        .is_some_and(|&(live, live_city)| live == k && live_city == city)
                 };
                 if queue.heap.len() > 2 * queue.live + 64 {
                     // Mostly stale: rebuild from the holders still waiting.
